@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what virtfleet needs on Debian 12: QEMU, qemu-img, the guest kernel and busybox from apt; the Python
+# package (and with --test, the test tools) into ./.venv. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+packages=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 python3-venv python3-pip)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv --system-site-packages .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+echo "virtfleet installed: $(.venv/bin/virtfleet version)"

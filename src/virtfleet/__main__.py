@@ -1,0 +1,3 @@
+from virtfleet.cli.main import main
+
+main()

@@ -1,0 +1,83 @@
+"""The local agent's reconcile loop: what the host actually runs wins over what the store says.
+
+Runs once at start-up (re-adopting every running VM after a daemon restart) and then every `interval` seconds, which
+is how a QEMU killed behind our back shows up as crashed within two seconds. VMs with a job in flight are skipped:
+the job owns their state until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import contextlib
+
+from virtfleet.drivers.base import DomainStatus, Driver
+from virtfleet.errors import VirtfleetError
+from virtfleet.jobs.runner import JobRunner
+from virtfleet.model.vm import VmState, is_live
+from virtfleet.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, db: Database, driver: Driver, runner: JobRunner, host: str, interval: float = 1.0) -> None:
+        self.db = db
+        self.driver = driver
+        self.runner = runner
+        self.host = host
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def recover(self) -> None:
+        """After a (re)start: fail jobs the last daemon left behind, re-attach to running domains, resync."""
+        for job in self.runner.fail_interrupted():
+            log.warning("job %s (%s) was interrupted by a daemon restart", job.id, job.kind)
+        self.sync(await self.driver.recover(), adopting=True)
+
+    def sync(self, statuses: list[DomainStatus], *, adopting: bool = False) -> None:
+        actual = {status.vm_id: status for status in statuses}
+        for vm in self.db.list_vms():
+            if vm.host != self.host or self.runner.busy(vm.id):
+                continue
+            status = actual.pop(vm.id, None)
+            if status is None:
+                if is_live(vm.state):
+                    self._change(vm.id, vm.state, VmState.CRASHED, "the host has no record of this VM")
+                continue
+            if status.state is not vm.state:
+                self._change(vm.id, vm.state, status.state, status.reason, accel=status.accel)
+            elif adopting and is_live(status.state):
+                self.db.add_event(vm.id, "adopted", f"re-adopted {status.state.value} domain (pid {status.pid})")
+        for status in actual.values():  # running on the host, unknown to the store
+            if is_live(status.state) and status.spec is not None:
+                vm = self.db.adopt_vm(status.vm_id, status.spec, self.host, status.state,
+                                      f"found {status.state.value} on the host with no record; adopted")
+                log.warning("adopted unknown domain %s as vm '%s'", status.vm_id, vm.name)
+
+    def _change(self, vm_id: str, old: VmState, new: VmState, reason: str, accel: str | None = None) -> None:
+        kind = {VmState.CRASHED: "crashed", VmState.STOPPED: "stopped"}.get(new, "state-changed")
+        message = f"{old.value} -> {new.value}" + (f": {reason}" if reason else "")
+        self.db.set_vm_state(vm_id, new, reason or message, accel=accel or None)
+        self.db.add_event(vm_id, kind, message)
+        log.info("vm %s: %s", vm_id, message)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.sync(await self.driver.list_domains())
+            except VirtfleetError as error:
+                log.warning("reconcile failed: %s", error)
+            except Exception:  # keep reconciling: one bad pass must not stop crash detection
+                log.exception("reconcile pass crashed")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="reconcile")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

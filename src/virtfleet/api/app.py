@@ -1,0 +1,38 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from virtfleet import __version__
+from virtfleet.api import errors, routes
+from virtfleet.api.console import router as console_router
+from virtfleet.config import Settings
+from virtfleet.images.catalog import Builder
+from virtfleet.server import Server
+
+
+def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server = Server.build(settings, builders=builders)
+        app.state.server = server
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(
+        title="virtfleet",
+        version=__version__,
+        description="Manage QEMU/KVM virtual machines: VMs, jobs, images, consoles.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(routes.router, prefix="/api/v1")
+    app.include_router(console_router, prefix="/api/v1")
+    return app

@@ -1,0 +1,60 @@
+"""The serial console over a WebSocket.
+
+Protocol: binary frames carry console bytes both ways; the server's first frame is a text frame with JSON
+{"type": "attached", "vm": NAME} once the console is open; errors close the socket with 4000 + the HTTP status the
+same error gets over REST (4404 unknown VM, 4409 wrong state or console already attached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from virtfleet.api.errors import status_for
+from virtfleet.errors import VirtfleetError
+from virtfleet.server import Server
+
+router = APIRouter()
+
+# WebSocket close codes in the private range: 4000 + the HTTP status the same error gets over REST.
+_WS_ERROR_BASE = 4000
+
+
+@router.websocket("/vms/{ref}/console")
+async def console(websocket: WebSocket, ref: str) -> None:
+    server: Server = websocket.app.state.server
+    await websocket.accept()
+    try:
+        vm, (reader, writer) = await server.vms.open_console(ref)
+    except VirtfleetError as error:
+        await websocket.close(code=_WS_ERROR_BASE + status_for(error), reason=error.message[:120])
+        return
+    await websocket.send_json({"type": "attached", "vm": vm.name})
+
+    async def guest_to_client() -> None:
+        while data := await reader.read(4096):
+            await websocket.send_bytes(data)
+
+    async def client_to_guest() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            payload = message.get("bytes") or (message.get("text") or "").encode()
+            writer.write(payload)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.close()

@@ -1,0 +1,153 @@
+"""REST routes: host, images, VMs and jobs. State changes answer 202 with the job to wait on."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse
+
+from virtfleet.api.schemas import Health, HostOut, ImageOut
+from virtfleet.jobs.runner import JobContext
+from virtfleet.model.job import Event, Job
+from virtfleet.model.vm import Vm, VmSpec
+from virtfleet.server import Server
+
+router = APIRouter()
+
+
+def get_server(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
+
+
+ServerDep = Annotated[Server, Depends(get_server)]
+
+
+def accepted(job: Job, response: Response) -> Job:
+    response.status_code = status.HTTP_202_ACCEPTED
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return job
+
+
+@router.get("/health", response_model=Health, tags=["host"])
+async def health() -> Health:
+    return Health()
+
+
+@router.get("/host", response_model=HostOut, tags=["host"])
+async def host(server: ServerDep) -> HostOut:
+    info = await server.driver.host_info()
+    return HostOut(**info.__dict__)
+
+
+# --- images ----------------------------------------------------------------------------------------------------
+@router.get("/images", response_model=list[ImageOut], tags=["images"])
+async def list_images(server: ServerDep) -> list[ImageOut]:
+    return [ImageOut(**info.__dict__) for info in server.images.list()]
+
+
+@router.get("/images/{name}", response_model=ImageOut, tags=["images"])
+async def show_image(name: str, server: ServerDep) -> ImageOut:
+    return ImageOut(**server.images.info(name).__dict__)
+
+
+@router.post("/images/{name}/build", response_model=Job, status_code=202, tags=["images"])
+async def build_image(name: str, server: ServerDep, response: Response) -> Job:
+    server.images.require_buildable(name)
+    loop = asyncio.get_running_loop()
+
+    async def work(context: JobContext) -> str:
+        def progress(message: str) -> None:  # called from the builder's thread
+            loop.call_soon_threadsafe(context.progress, min(95, context.job.progress + 10), message)
+
+        built = await asyncio.to_thread(server.images.build, name, progress)
+        return f"built image '{built.name}' (kernel {built.kernel_release})"
+
+    return accepted(server.runner.submit("image.build", f"image:{name}", f"image '{name}'", work), response)
+
+
+@router.delete("/images/{name}", status_code=204, tags=["images"])
+async def delete_image(name: str, server: ServerDep) -> Response:
+    server.runner.check_free(f"image:{name}", f"image '{name}'")
+    server.images.delete(name)
+    return Response(status_code=204)
+
+
+# --- VMs -------------------------------------------------------------------------------------------------------
+@router.get("/vms", response_model=list[Vm], tags=["vms"])
+async def list_vms(server: ServerDep) -> list[Vm]:
+    return server.vms.list()
+
+
+@router.post("/vms", response_model=Vm, status_code=201, tags=["vms"])
+async def create_vm(spec: VmSpec, server: ServerDep) -> Vm:
+    return server.vms.create(spec)
+
+
+@router.get("/vms/{ref}", response_model=Vm, tags=["vms"])
+async def show_vm(ref: str, server: ServerDep) -> Vm:
+    return server.vms.get(ref)
+
+
+@router.delete("/vms/{ref}", response_model=Job, status_code=202, tags=["vms"])
+async def delete_vm(ref: str, server: ServerDep, response: Response, force: bool = False) -> Job:
+    return accepted(server.vms.delete(ref, force=force), response)
+
+
+SimpleAction = Literal["start", "stop", "reboot", "pause", "resume"]
+
+
+@router.post("/vms/{ref}/shutdown", response_model=Job, status_code=202, tags=["vms"])
+async def shutdown_vm(
+    ref: str,
+    server: ServerDep,
+    response: Response,
+    timeout: Annotated[float, Query(gt=0, le=3600)] = 60.0,
+    force: bool = True,
+) -> Job:
+    """ACPI power button; after `timeout` seconds the VM is forced off unless force=false."""
+    return accepted(server.vms.shutdown(ref, timeout=timeout, force=force), response)
+
+
+@router.post("/vms/{ref}/{action}", response_model=Job, status_code=202, tags=["vms"])
+async def vm_action(ref: str, action: SimpleAction, server: ServerDep, response: Response) -> Job:
+    vms = server.vms
+    handlers = {
+        "start": vms.start, "stop": vms.stop, "reboot": vms.reboot, "pause": vms.pause, "resume": vms.resume,
+    }
+    return accepted(handlers[action](ref), response)
+
+
+@router.get("/vms/{ref}/events", response_model=list[Event], tags=["vms"])
+async def vm_events(ref: str, server: ServerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Event]:
+    return server.vms.events(ref, limit)
+
+
+@router.get("/vms/{ref}/logs", response_class=PlainTextResponse, tags=["vms"])
+async def vm_logs(
+    ref: str, server: ServerDep, max_bytes: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 65536
+) -> PlainTextResponse:
+    """The tail of the serial console history."""
+    data = await server.vms.logs(ref, max_bytes)
+    return PlainTextResponse(data.decode("utf-8", errors="replace"))
+
+
+# --- jobs ------------------------------------------------------------------------------------------------------
+@router.get("/jobs", response_model=list[Job], tags=["jobs"])
+async def list_jobs(
+    server: ServerDep, target: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[Job]:
+    if target is not None:
+        target = server.vms.get(target).id if not target.startswith("image:") else target
+    return server.db.list_jobs(target=target, limit=limit)
+
+
+@router.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
+async def show_job(
+    job_id: str, server: ServerDep, wait: Annotated[float, Query(ge=0, le=300)] = 0
+) -> Job:
+    """With `wait`, answers as soon as the job finishes or after `wait` seconds, whichever comes first."""
+    server.db.get_job(job_id)  # 404 for an unknown id even when waiting
+    return await server.runner.wait(job_id, wait) if wait else server.db.get_job(job_id)

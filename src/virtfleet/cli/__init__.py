@@ -1,0 +1,1 @@
+"""The `virtfleet` command line: Typer commands over the REST API client."""

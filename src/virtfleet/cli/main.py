@@ -1,0 +1,79 @@
+"""The `virtfleet` command: serve, demo, vm, image, job, host."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from virtfleet import __version__
+from virtfleet.cli import image, jobs, vm
+from virtfleet.cli.demo import demo
+from virtfleet.cli.output import JsonOption, err, out, run, state
+from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings
+
+app = typer.Typer(
+    help="virtfleet: run QEMU/KVM virtual machines on one host or a fleet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(vm.app, name="vm")
+app.add_typer(image.app, name="image")
+app.add_typer(jobs.app, name="job")
+app.command()(demo)
+
+
+@app.callback()
+def main_options(
+    url: str = typer.Option(DEFAULT_URL, "--url", envvar="VIRTFLEET_URL", help="The virtfleet API to talk to."),
+) -> None:
+    state.url = url
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you mean otherwise)."),
+    port: int = typer.Option(DEFAULT_PORT, help="TCP port."),
+    data_dir: Path | None = typer.Option(None, envvar="VIRTFLEET_DATA_DIR", help="State, images and VM runtime."),
+    driver: str | None = typer.Option(None, envvar="VIRTFLEET_DRIVER", help="qemu (default) or fake."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Run the API server with the local agent (state in SQLite under the data directory)."""
+    import uvicorn
+
+    from virtfleet.api.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS or authentication: anyone who "
+                  "can reach this port controls your VMs")
+    settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@app.command("host")
+def host_info(as_json: bool = JsonOption) -> None:
+    """Show this host: CPUs, memory, hypervisor and whether KVM is usable."""
+
+    def render(info: dict[str, Any]) -> None:
+        for key in ("hostname", "cpus", "memory_mib", "driver", "hypervisor", "kvm_usable", "kvm_reason"):
+            out.print(f"[bold]{key + ':':<12}[/bold]{info[key]}")
+
+    run(as_json, lambda c: c.get("/host"), render)
+
+
+def main() -> None:
+    app()

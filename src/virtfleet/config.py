@@ -1,0 +1,55 @@
+"""Settings for one virtfleet server, from the environment (VIRTFLEET_*) with safe defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8470
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/virtfleet")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "virtfleet"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    driver: str = "qemu"
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    reconcile_interval: float = 1.0
+    qemu_binary: str = "qemu-system-x86_64"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "data_dir": Path(env.get("VIRTFLEET_DATA_DIR", str(default_data_dir()))),
+            "driver": env.get("VIRTFLEET_DRIVER", "qemu"),
+            "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
+            "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'virtfleet.db'}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def default_pool(self) -> Path:
+        return self.data_dir / "pools" / "default"

@@ -1,0 +1,147 @@
+"""The driver interface: what the agent needs from a hypervisor, and nothing more.
+
+Modelled on Ganeti's lib/hypervisor: a small set of async methods, capabilities declared up front so the API can
+answer "unsupported" before trying, and hypervisor-specific ids kept inside the driver (callers only know vm_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from virtfleet.model.vm import VmSpec, VmState
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    pause: bool = True
+    reboot: bool = True
+    acpi_shutdown: bool = True
+    console: bool = True
+    disk_hotplug: bool = False
+    nic_hotplug: bool = False
+    snapshots: bool = False
+    live_migration: bool = False
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    hostname: str
+    cpus: int
+    memory_mib: int
+    driver: str
+    hypervisor: str  # e.g. "QEMU 7.2.0"
+    kvm_usable: bool
+    kvm_reason: str  # why KVM is (not) usable, shown to users as-is
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    """What the hypervisor actually runs for one VM."""
+
+    vm_id: str
+    state: VmState
+    pid: int | None = None
+    reason: str = ""
+    accel: str = ""
+    spec: VmSpec | None = None  # the spec the host recorded, so a domain unknown to the store can be adopted
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """A resolved guest image: what the driver boots."""
+
+    name: str
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    run_dir: Path  # one sub-directory per VM: pidfile, sockets, console log, runtime record
+    qemu_binary: str = "qemu-system-x86_64"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+ConsoleStreams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    async def host_info(self) -> HostInfo: ...
+
+    async def recover(self) -> list[DomainStatus]:
+        """Re-attach to every domain this host runs (after an agent restart) and report them all."""
+        ...
+
+    async def list_domains(self) -> list[DomainStatus]:
+        """Every defined domain with its actual state; cheap enough to call every second."""
+        ...
+
+    async def status(self, vm_id: str) -> DomainStatus: ...
+
+    async def define(self, vm_id: str, spec: VmSpec) -> None:
+        """Record the domain on the host (its run directory); idempotent."""
+        ...
+
+    async def undefine(self, vm_id: str) -> None:
+        """Forget a stopped domain and remove what define() created; idempotent."""
+        ...
+
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage) -> DomainStatus: ...
+
+    async def shutdown(self, vm_id: str, timeout: float) -> None:
+        """Ask the guest to power off (ACPI); raise OperationTimeout if it is still up after `timeout`."""
+        ...
+
+    async def stop(self, vm_id: str) -> None:
+        """Power off at once (pull the plug)."""
+        ...
+
+    async def reboot(self, vm_id: str) -> None: ...
+
+    async def pause(self, vm_id: str) -> None: ...
+
+    async def resume(self, vm_id: str) -> None: ...
+
+    async def open_console(self, vm_id: str) -> ConsoleStreams:
+        """A bidirectional byte stream to the serial console; one client at a time."""
+        ...
+
+    async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
+        """The tail of the console history (kept by the host, so nothing is lost while nobody watches)."""
+        ...
+
+    async def close(self) -> None:
+        """Release monitor connections; running domains keep running."""
+        ...
+
+
+# Static registry: name -> "module:factory". Imported lazily so the fake driver needs no QEMU.
+_REGISTRY: dict[str, str] = {
+    "qemu": "virtfleet.drivers.qemu.driver:QemuDriver",
+    "fake": "virtfleet.drivers.fake:FakeDriver",
+}
+
+
+def driver_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_driver(name: str, config: DriverConfig) -> Driver:
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown driver '{name}' (known: {', '.join(driver_names())})") from None
+    module_name, _, attr = target.partition(":")
+    factory: Callable[[DriverConfig], Driver] = getattr(importlib.import_module(module_name), attr)
+    return factory(config)

@@ -1,0 +1,189 @@
+"""An in-memory driver: the whole product runs on it in functional tests, against the same contract as qemu.
+
+The simulated host (FakeHost) is shared per run_dir, so a new driver instance on the same run_dir sees the domains
+an earlier one started, the way a restarted agent finds QEMU processes still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass, field
+
+from virtfleet.drivers.base import (
+    BootImage,
+    Capabilities,
+    ConsoleStreams,
+    DomainStatus,
+    DriverConfig,
+    HostInfo,
+)
+from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout
+from virtfleet.model.vm import VmSpec, VmState
+
+READY_MARKER = "VIRTFLEET-READY"
+
+
+@dataclass
+class FakeDomain:
+    spec: VmSpec
+    state: VmState = VmState.STOPPED
+    pid: int | None = None
+    reason: str = ""
+    console: bytearray = field(default_factory=bytearray)
+    console_open: bool = False
+    ignore_acpi: bool = False  # a guest that does not react to the power button
+
+
+@dataclass
+class FakeHost:
+    domains: dict[str, FakeDomain] = field(default_factory=dict)
+    next_pid: int = 40000
+    fail_next: dict[str, str] = field(default_factory=dict)  # operation -> error message, consumed once
+
+    def crash(self, vm_id: str, reason: str = "killed by signal 9") -> None:
+        """Simulate the hypervisor process dying under the VM."""
+        domain = self.domains[vm_id]
+        domain.state = VmState.CRASHED
+        domain.pid = None
+        domain.reason = reason
+
+
+_HOSTS: dict[str, FakeHost] = {}
+
+
+def fake_host_for(config: DriverConfig) -> FakeHost:
+    return _HOSTS.setdefault(str(config.run_dir), FakeHost())
+
+
+class FakeDriver:
+    name = "fake"
+
+    def __init__(self, config: DriverConfig) -> None:
+        self.host = fake_host_for(config)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    async def host_info(self) -> HostInfo:
+        return HostInfo(
+            hostname=socket.gethostname(),
+            cpus=os.cpu_count() or 1,
+            memory_mib=65536,
+            driver=self.name,
+            hypervisor="fake 1.0",
+            kvm_usable=False,
+            kvm_reason="fake driver: no hypervisor",
+        )
+
+    def _domain(self, vm_id: str) -> FakeDomain:
+        try:
+            return self.host.domains[vm_id]
+        except KeyError:
+            raise NotFound("domain", vm_id) from None
+
+    def _status(self, vm_id: str, domain: FakeDomain) -> DomainStatus:
+        accel = "tcg" if domain.state not in (VmState.STOPPED, VmState.CRASHED) else ""
+        return DomainStatus(vm_id, domain.state, domain.pid, domain.reason, accel, domain.spec)
+
+    def _maybe_fail(self, operation: str) -> None:
+        message = self.host.fail_next.pop(operation, None)
+        if message is not None:
+            raise DriverError(f"fake {operation} failed", message)
+
+    async def recover(self) -> list[DomainStatus]:
+        return await self.list_domains()
+
+    async def list_domains(self) -> list[DomainStatus]:
+        return [self._status(vm_id, d) for vm_id, d in self.host.domains.items()]
+
+    async def status(self, vm_id: str) -> DomainStatus:
+        return self._status(vm_id, self._domain(vm_id))
+
+    async def define(self, vm_id: str, spec: VmSpec) -> None:
+        domain = self.host.domains.get(vm_id)
+        if domain is None:
+            self.host.domains[vm_id] = FakeDomain(spec)
+        else:
+            domain.spec = spec
+
+    async def undefine(self, vm_id: str) -> None:
+        domain = self.host.domains.get(vm_id)
+        if domain is not None and domain.state not in (VmState.STOPPED, VmState.CRASHED):
+            raise Conflict(f"domain {vm_id} is {domain.state.value}; stop it first")
+        self.host.domains.pop(vm_id, None)
+
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage) -> DomainStatus:
+        domain = self._domain(vm_id)
+        self._maybe_fail("start")
+        if domain.state not in (VmState.STOPPED, VmState.CRASHED):
+            raise Conflict(f"domain {vm_id} is already {domain.state.value}")
+        self.host.next_pid += 1
+        domain.spec, domain.state, domain.pid, domain.reason = spec, VmState.RUNNING, self.host.next_pid, ""
+        domain.console += f"fake boot of {boot.name}\n{READY_MARKER} hostname={spec.name} kernel=fake\n".encode()
+        return self._status(vm_id, domain)
+
+    def _require_live(self, vm_id: str, *states: VmState) -> FakeDomain:
+        domain = self._domain(vm_id)
+        if domain.state not in states:
+            raise Conflict(f"domain {vm_id} is {domain.state.value}")
+        return domain
+
+    async def shutdown(self, vm_id: str, timeout: float) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING)
+        self._maybe_fail("shutdown")
+        if domain.ignore_acpi:
+            await asyncio.sleep(timeout)
+            raise OperationTimeout(f"guest did not power off within {timeout:g}s")
+        domain.state, domain.pid, domain.reason = VmState.STOPPED, None, "guest powered off"
+
+    async def stop(self, vm_id: str) -> None:
+        domain = self._domain(vm_id)
+        self._maybe_fail("stop")
+        domain.state, domain.pid, domain.reason = VmState.STOPPED, None, "powered off by the host"
+
+    async def reboot(self, vm_id: str) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING)
+        domain.console += f"{READY_MARKER} hostname={domain.spec.name} kernel=fake\n".encode()
+
+    async def pause(self, vm_id: str) -> None:
+        self._require_live(vm_id, VmState.RUNNING).state = VmState.PAUSED
+
+    async def resume(self, vm_id: str) -> None:
+        self._require_live(vm_id, VmState.PAUSED).state = VmState.RUNNING
+
+    async def open_console(self, vm_id: str) -> ConsoleStreams:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if domain.console_open:
+            raise Conflict(f"the console of {vm_id} is already attached by another client")
+        ours, theirs = socket.socketpair()
+        domain.console_open = True
+        reader, writer = await asyncio.open_connection(sock=ours)
+
+        async def echo() -> None:
+            # The fake guest echoes what it is sent, like a tty in cooked mode.
+            try:
+                while data := await reader.read(4096):
+                    domain.console += data
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                domain.console_open = False
+                writer.close()
+
+        task = asyncio.get_running_loop().create_task(echo())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        return await asyncio.open_connection(sock=theirs)
+
+    async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
+        return bytes(self._domain(vm_id).console[-max_bytes:])
+
+    async def close(self) -> None:
+        return None
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()

@@ -1,0 +1,106 @@
+"""The job runner: persist -> lock the target -> execute in the background -> record the outcome.
+
+Locking is per target (a VM id, an image name): a second job on a busy target is refused at once with 409 and the
+id of the job that holds it, rather than queued behind it, so clients never wait on something they cannot see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from virtfleet.errors import Busy, VirtfleetError
+from virtfleet.model.job import Job, JobStatus
+from virtfleet.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """Handed to the work function so it can report progress."""
+
+    job: Job
+    db: Database
+
+    def progress(self, percent: int, message: str) -> None:
+        self.job = self.db.update_job(self.job.id, progress=max(0, min(100, percent)), message=message)
+
+
+Work = Callable[[JobContext], Awaitable[str]]  # returns the final message
+
+
+class JobRunner:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._active: dict[str, Job] = {}  # target -> job holding it
+        self._done: dict[str, asyncio.Event] = {}  # job id -> set when finished
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def busy(self, target: str) -> Job | None:
+        return self._active.get(target)
+
+    def check_free(self, target: str, label: str) -> None:
+        holder = self._active.get(target)
+        if holder is not None:
+            raise Busy(label, holder.id, holder.kind)
+
+    def submit(self, kind: str, target: str, label: str, work: Work) -> Job:
+        """Persist a job and start it; raises Busy if `target` already has one running."""
+        self.check_free(target, label)
+        job = self._db.add_job(kind, target)
+        self._active[target] = job
+        self._done[job.id] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._run(job, work), name=f"job-{kind}-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _run(self, job: Job, work: Work) -> None:
+        context = JobContext(self._db.update_job(job.id, status=JobStatus.RUNNING, message="running"), self._db)
+        try:
+            message = await work(context)
+            self._db.update_job(job.id, status=JobStatus.SUCCEEDED, progress=100, message=message)
+        except VirtfleetError as error:
+            self._db.update_job(job.id, status=JobStatus.FAILED, message="failed", error=error.message,
+                                error_code=error.code)
+        except asyncio.CancelledError:
+            self._db.update_job(job.id, status=JobStatus.FAILED, message="cancelled",
+                                error="the daemon stopped while the job ran", error_code="interrupted")
+            raise
+        except Exception as error:  # a bug: keep the daemon alive, record it, log the traceback
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            self._db.update_job(job.id, status=JobStatus.FAILED, message="failed",
+                                error=f"internal error: {type(error).__name__}: {error}", error_code="internal")
+        finally:
+            self._active.pop(job.target, None)
+            self._done.pop(job.id).set()
+
+    async def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once finished, or as it stands after `timeout` seconds."""
+        done = self._done.get(job_id)
+        if done is not None:
+            try:
+                await asyncio.wait_for(done.wait(), timeout)
+            except TimeoutError:
+                pass
+        return self._db.get_job(job_id)
+
+    def fail_interrupted(self) -> list[Job]:
+        """After a restart: jobs the previous daemon left unfinished are failed, visibly, not silently lost."""
+        failed = []
+        for job in self._db.unfinished_jobs():
+            if job.id not in self._done:
+                failed.append(self._db.update_job(
+                    job.id, status=JobStatus.FAILED, message="interrupted",
+                    error="the daemon stopped while this job ran; the VM state was re-read from the host",
+                    error_code="interrupted",
+                ))
+        return failed
+
+    async def drain(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,197 @@
+"""VM operations: validate -> lock -> check state -> run as a job against the driver.
+
+Checks that can fail fast (unknown VM, busy, wrong state, bad spec) raise before a job exists, so the caller gets a
+409/422 at once; only the work that touches the hypervisor runs inside the job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
+from virtfleet.errors import InvalidSpec, OperationTimeout, VirtfleetError
+from virtfleet.images.catalog import ImageCatalog
+from virtfleet.jobs.runner import JobContext, JobRunner
+from virtfleet.model.job import Event, Job
+from virtfleet.model.vm import Vm, VmOperation, VmSpec, VmState, require
+from virtfleet.store.db import Database
+
+DEFAULT_SHUTDOWN_TIMEOUT = 60.0
+
+
+class VmService:
+    def __init__(
+        self,
+        db: Database,
+        driver: Driver,
+        runner: JobRunner,
+        images: ImageCatalog,
+        *,
+        host: str,
+        pools: Sequence[Path],
+    ) -> None:
+        self.db = db
+        self.driver = driver
+        self.runner = runner
+        self.images = images
+        self.host = host
+        self.pools = [p.resolve() for p in pools]
+
+    # --- reads -----------------------------------------------------------------------------------------------
+    def get(self, ref: str) -> Vm:
+        return self.db.get_vm(ref)
+
+    def list(self) -> list[Vm]:
+        return self.db.list_vms()
+
+    def events(self, ref: str, limit: int = 100) -> list[Event]:
+        return self.db.list_events(self.db.get_vm(ref).id, limit)
+
+    async def logs(self, ref: str, max_bytes: int) -> bytes:
+        vm = self.db.get_vm(ref)
+        try:
+            return await self.driver.console_log(vm.id, max_bytes)
+        except VirtfleetError:
+            return b""  # never started on this host: no history yet
+
+    # --- create ----------------------------------------------------------------------------------------------
+    def _check_disks(self, spec: VmSpec) -> None:
+        for index, disk in enumerate(spec.disks):
+            field = f"disks[{index}].path"
+            path = Path(disk.path)
+            if not path.is_absolute():
+                raise InvalidSpec(field, "must be an absolute path inside a storage pool")
+            resolved = path.resolve()  # follows symlinks, so a link out of the pool is caught too
+            if not any(resolved.is_relative_to(pool) for pool in self.pools):
+                pools = ", ".join(str(p) for p in self.pools)
+                raise InvalidSpec(field, f"{disk.path} is outside every storage pool ({pools})")
+            if not resolved.is_file():
+                raise InvalidSpec(field, f"{disk.path} does not exist")
+
+    def create(self, spec: VmSpec) -> Vm:
+        self._check_disks(spec)
+        self.images.check_spec(spec)
+        return self.db.add_vm(spec, self.host)
+
+    # --- state changes ---------------------------------------------------------------------------------------
+    def _submit(self, ref: str, operation: VmOperation, work: Callable[[Vm, JobContext], Awaitable[str]]) -> Job:
+        vm = self.db.get_vm(ref)
+        label = f"vm '{vm.name}'"
+        self.runner.check_free(vm.id, label)
+        require(operation, vm.state, label)
+
+        async def guarded(context: JobContext) -> str:
+            try:
+                return await work(vm, context)
+            except BaseException:
+                await self._resync(vm)  # whatever failed, the record shows what the host really runs
+                raise
+
+        return self.runner.submit(f"vm.{operation.value}", vm.id, label, guarded)
+
+    async def _resync(self, vm: Vm) -> None:
+        try:
+            status = await self.driver.status(vm.id)
+        except VirtfleetError:
+            status = DomainStatus(vm.id, VmState.STOPPED, reason="not defined on the host")
+        if self.db.get_vm(vm.id).state is not status.state:
+            self.db.set_vm_state(vm.id, status.state, status.reason or "re-read from the host")
+
+    def _record(self, vm: Vm, status: DomainStatus, kind: str, message: str) -> None:
+        accel = status.accel if status.state in (VmState.RUNNING, VmState.PAUSED) else None
+        self.db.set_vm_state(vm.id, status.state, message, accel=accel)
+        self.db.add_event(vm.id, kind, message)
+
+    def start(self, ref: str) -> Job:
+        async def work(vm: Vm, context: JobContext) -> str:
+            boot = self.images.boot_image(vm.spec)
+            self.db.set_vm_state(vm.id, VmState.STARTING, "starting")
+            context.progress(10, f"starting with image {boot.name}")
+            await self.driver.define(vm.id, vm.spec)
+            try:
+                status = await self.driver.start(vm.id, vm.spec, boot)
+            except VirtfleetError as error:
+                self.db.add_event(vm.id, "start-failed", error.message)
+                raise
+            detail = f"started with {status.accel or 'unknown accel'} (pid {status.pid})"
+            if status.reason:
+                detail += f"; {status.reason}"
+            self._record(vm, status, "started", detail)
+            return detail
+
+        return self._submit(ref, VmOperation.START, work)
+
+    def shutdown(self, ref: str, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, force: bool = True) -> Job:
+        async def work(vm: Vm, context: JobContext) -> str:
+            self.db.set_vm_state(vm.id, VmState.STOPPING, "ACPI power button pressed")
+            context.progress(10, f"waiting up to {timeout:g}s for the guest to power off")
+            try:
+                await self.driver.shutdown(vm.id, timeout)
+                message = "guest powered off (ACPI shutdown)"
+            except OperationTimeout:
+                if not force:
+                    raise
+                self.db.add_event(vm.id, "shutdown-timeout", f"guest still up after {timeout:g}s; forcing off")
+                context.progress(80, "guest did not power off; forcing")
+                await self.driver.stop(vm.id)
+                message = f"forced off after the guest ignored ACPI shutdown for {timeout:g}s"
+            self._record(vm, await self.driver.status(vm.id), "stopped", message)
+            return message
+
+        return self._submit(ref, VmOperation.SHUTDOWN, work)
+
+    def stop(self, ref: str) -> Job:
+        async def work(vm: Vm, context: JobContext) -> str:
+            await self.driver.stop(vm.id)
+            message = "powered off by force"
+            self._record(vm, await self.driver.status(vm.id), "stopped", message)
+            return message
+
+        return self._submit(ref, VmOperation.STOP, work)
+
+    def _simple(self, ref: str, operation: VmOperation, call: Callable[[str], Awaitable[None]], done: str) -> Job:
+        async def work(vm: Vm, context: JobContext) -> str:
+            await call(vm.id)
+            self._record(vm, await self.driver.status(vm.id), operation.value, done)
+            return done
+
+        return self._submit(ref, operation, work)
+
+    def reboot(self, ref: str) -> Job:
+        return self._simple(ref, VmOperation.REBOOT, self.driver.reboot, "reset (hard reboot)")
+
+    def pause(self, ref: str) -> Job:
+        return self._simple(ref, VmOperation.PAUSE, self.driver.pause, "paused: vCPUs stopped")
+
+    def resume(self, ref: str) -> Job:
+        return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed")
+
+    def delete(self, ref: str, force: bool = False) -> Job:
+        vm = self.db.get_vm(ref)
+        if force and vm.state not in (VmState.STOPPED, VmState.CRASHED):
+            self.runner.check_free(vm.id, f"vm '{vm.name}'")
+
+            async def forced(context: JobContext) -> str:
+                await self.driver.stop(vm.id)
+                return await self._undefine(vm, context)
+
+            return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced)
+        return self._submit(ref, VmOperation.DELETE, self._undefine)
+
+    async def _undefine(self, vm: Vm, context: JobContext) -> str:
+        context.progress(50, "removing the domain from the host")
+        await self.driver.undefine(vm.id)
+        self.db.delete_vm(vm.id)
+        return f"deleted vm '{vm.name}'"
+
+    # --- console ---------------------------------------------------------------------------------------------
+    async def open_console(self, ref: str) -> tuple[Vm, ConsoleStreams]:
+        vm = self.db.get_vm(ref)
+        require(VmOperation.CONSOLE, vm.state, f"vm '{vm.name}'")
+        return vm, await self.driver.open_console(vm.id)
+
+
+def host_name() -> str:
+    return os.uname().nodename

@@ -1,0 +1,58 @@
+"""One virtfleet server on one host: store + jobs + local agent + driver, wired together.
+
+`virtfleet serve` runs this inside the API process; tests build it on the fake driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from virtfleet.agent.reconcile import Reconciler
+from virtfleet.config import Settings
+from virtfleet.drivers.base import Driver, DriverConfig, create_driver
+from virtfleet.images.catalog import Builder, ImageCatalog
+from virtfleet.jobs.runner import JobRunner
+from virtfleet.jobs.vms import VmService, host_name
+from virtfleet.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Server:
+    settings: Settings
+    db: Database
+    driver: Driver
+    runner: JobRunner
+    images: ImageCatalog
+    vms: VmService
+    reconciler: Reconciler
+
+    @classmethod
+    def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.default_pool.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.db_url)
+        db.migrate()
+        driver = create_driver(settings.driver, DriverConfig(settings.run_dir, settings.qemu_binary))
+        runner = JobRunner(db)
+        images = ImageCatalog(settings.images_dir, builders)
+        host = host_name()
+        vms = VmService(db, driver, runner, images, host=host, pools=[settings.default_pool])
+        reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
+        return cls(settings, db, driver, runner, images, vms, reconciler)
+
+    async def start(self) -> None:
+        await self.reconciler.recover()
+        info = await self.driver.host_info()
+        if not info.kvm_usable:
+            log.warning("%s", info.kvm_reason)
+        self.reconciler.start()
+
+    async def stop(self) -> None:
+        await self.reconciler.stop()
+        await self.runner.drain()
+        await self.driver.close()
+        self.db.close()

@@ -1,0 +1,246 @@
+"""The store: one Database object with small repository methods returning domain models.
+
+Sync SQLAlchemy on purpose: every query is a short indexed lookup (sub-millisecond on SQLite), so calling it from
+the event loop is cheaper than a thread hop; PostgreSQL (cluster mode) uses the same code through psycopg.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from virtfleet.errors import Conflict, NotFound
+from virtfleet.model.job import Event, Job, JobStatus
+from virtfleet.model.vm import Vm, VmSpec, VmState
+from virtfleet.store.tables import SPEC_SCHEMA_VERSION, EventRow, JobRow, VmRow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite drops the timezone; every time we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _vm(row: VmRow) -> Vm:
+    return Vm(
+        id=row.id,
+        name=row.name,
+        spec=VmSpec.model_validate_json(row.spec_json),
+        state=VmState(row.state),
+        state_reason=row.state_reason,
+        host=row.host,
+        accel=row.accel,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _job(row: JobRow) -> Job:
+    return Job(
+        id=row.id,
+        kind=row.kind,
+        target=row.target,
+        status=JobStatus(row.status),
+        progress=row.progress,
+        message=row.message,
+        error=row.error,
+        error_code=row.error_code,
+        created_at=_aware(row.created_at),
+        started_at=_aware(row.started_at) if row.started_at else None,
+        finished_at=_aware(row.finished_at) if row.finished_at else None,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (CLI, tests) never block the daemon
+    cursor.close()
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def sqlite(cls, path: Path) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{path}")
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # --- VMs -------------------------------------------------------------------------------------------------
+    def add_vm(self, spec: VmSpec, host: str) -> Vm:
+        now = utcnow()
+        with self._session() as session:
+            if session.scalar(select(VmRow.id).where(VmRow.name == spec.name)) is not None:
+                raise Conflict(f"a VM named '{spec.name}' already exists")
+            row = VmRow(
+                id=str(uuid.uuid4()),
+                name=spec.name,
+                spec_json=spec.model_dump_json(),
+                spec_version=SPEC_SCHEMA_VERSION,
+                state=VmState.STOPPED.value,
+                state_reason="created",
+                host=host,
+                accel="",
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()  # no ORM relationship orders the inserts, so the VM row goes first
+            session.add(EventRow(vm_id=row.id, time=now, kind="created", message=f"created on {host}"))
+            return _vm(row)
+
+    def adopt_vm(self, vm_id: str, spec: VmSpec, host: str, state: VmState, reason: str) -> Vm:
+        """Record a VM found running on the host with no record (the host wins over the database)."""
+        now = utcnow()
+        with self._session() as session:
+            name = spec.name
+            if session.scalar(select(VmRow.id).where(VmRow.name == name)) is not None:
+                name = f"{spec.name[:50]}-{vm_id[:8]}"
+                spec = spec.model_copy(update={"name": name})
+            row = VmRow(
+                id=vm_id, name=name, spec_json=spec.model_dump_json(), spec_version=SPEC_SCHEMA_VERSION,
+                state=state.value, state_reason=reason, host=host, accel="", created_at=now, updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            session.add(EventRow(vm_id=vm_id, time=now, kind="adopted", message=reason))
+            return _vm(row)
+
+    def get_vm(self, ref: str) -> Vm:
+        """Look a VM up by name or id."""
+        with self._session() as session:
+            row = session.scalar(select(VmRow).where((VmRow.name == ref) | (VmRow.id == ref)))
+            if row is None:
+                raise NotFound("vm", ref)
+            return _vm(row)
+
+    def list_vms(self) -> list[Vm]:
+        with self._session() as session:
+            return [_vm(row) for row in session.scalars(select(VmRow).order_by(VmRow.name))]
+
+    def set_vm_state(self, vm_id: str, state: VmState, reason: str, *, accel: str | None = None) -> Vm:
+        with self._session() as session:
+            row = session.get(VmRow, vm_id)
+            if row is None:
+                raise NotFound("vm", vm_id)
+            row.state, row.state_reason, row.updated_at = state.value, reason, utcnow()
+            if accel is not None:
+                row.accel = accel
+            return _vm(row)
+
+    def delete_vm(self, vm_id: str) -> None:
+        with self._session() as session:
+            session.execute(delete(EventRow).where(EventRow.vm_id == vm_id))
+            session.execute(delete(VmRow).where(VmRow.id == vm_id))
+
+    # --- events ----------------------------------------------------------------------------------------------
+    def add_event(self, vm_id: str, kind: str, message: str) -> None:
+        with self._session() as session:
+            session.add(EventRow(vm_id=vm_id, time=utcnow(), kind=kind, message=message))
+
+    def list_events(self, vm_id: str, limit: int = 100) -> list[Event]:
+        with self._session() as session:
+            rows = session.scalars(
+                select(EventRow).where(EventRow.vm_id == vm_id).order_by(EventRow.id.desc()).limit(limit)
+            ).all()
+            return [
+                Event(id=r.id, vm_id=r.vm_id, time=_aware(r.time), kind=r.kind, message=r.message)
+                for r in reversed(rows)
+            ]
+
+    # --- jobs ------------------------------------------------------------------------------------------------
+    def add_job(self, kind: str, target: str) -> Job:
+        with self._session() as session:
+            row = JobRow(
+                id=str(uuid.uuid4()), kind=kind, target=target, status=JobStatus.QUEUED.value, progress=0,
+                message="queued", created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            return _job(row)
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus | None = None,
+        progress: int | None = None,
+        message: str | None = None,
+        error: str | None = None,
+        error_code: str | None = None,
+    ) -> Job:
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise NotFound("job", job_id)
+            if status is not None:
+                row.status = status.value
+                if status is JobStatus.RUNNING and row.started_at is None:
+                    row.started_at = utcnow()
+                if status.finished:
+                    row.finished_at = utcnow()
+            if progress is not None:
+                row.progress = progress
+            if message is not None:
+                row.message = message
+            if error is not None:
+                row.error, row.error_code = error, error_code
+            return _job(row)
+
+    def get_job(self, job_id: str) -> Job:
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise NotFound("job", job_id)
+            return _job(row)
+
+    def list_jobs(self, *, target: str | None = None, limit: int = 50) -> list[Job]:
+        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        if target is not None:
+            query = query.where(JobRow.target == target)
+        with self._session() as session:
+            return [_job(row) for row in session.scalars(query)]
+
+    def unfinished_jobs(self) -> list[Job]:
+        with self._session() as session:
+            rows = session.scalars(
+                select(JobRow).where(JobRow.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            )
+            return [_job(row) for row in rows]

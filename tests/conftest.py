@@ -1,0 +1,35 @@
+"""Fixtures shared by every tier."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="vf", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in tiny guest image, built once per session (or reused from VIRTFLEET_TEST_IMAGE_DIR)."""
+    from virtfleet.images.tiny import build_tiny_image, load_image
+
+    cache = os.environ.get("VIRTFLEET_TEST_IMAGE_DIR")
+    dest = Path(cache) if cache else tmp_path_factory.mktemp("images") / "tiny"
+    try:
+        load_image(dest)
+    except Exception:
+        build_tiny_image(dest)
+    return dest

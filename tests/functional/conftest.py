@@ -1,0 +1,92 @@
+"""The whole API on the fake driver: a real server object, SQLite in a temp dir, no hypervisor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from virtfleet.api.app import create_app
+from virtfleet.config import Settings
+from virtfleet.drivers.base import DriverConfig
+from virtfleet.drivers.fake import FakeHost, fake_host_for
+from virtfleet.images.tiny import BuiltImage, write_manifest
+
+
+def fake_tiny_builder(dest: Path, *, progress: Callable[[str], None] | None = None) -> BuiltImage:
+    """Stands in for the real builder: files with the right names and a real manifest, no kernel inside."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "vmlinux").write_bytes(b"\x7fELF fake kernel")
+    (dest / "initramfs.cpio").write_bytes(b"070701 fake initramfs")
+    if progress:
+        progress("wrote fake kernel and initramfs")
+    return write_manifest(dest, name="tiny", kernel_release="0.0.0-fake")
+
+
+def make_settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, driver="fake", reconcile_interval=0.1)
+
+
+class Api:
+    """A TestClient plus helpers that read like the CLI."""
+
+    def __init__(self, client: TestClient, host: FakeHost, settings: Settings) -> None:
+        self.client = client
+        self.host = host
+        self.settings = settings
+
+    def create(self, name: str = "vm1", **fields: Any) -> dict[str, Any]:
+        response = self.client.post("/api/v1/vms", json={"name": name, **fields})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def action(self, name: str, verb: str, **params: Any) -> dict[str, Any]:
+        response = self.client.post(f"/api/v1/vms/{name}/{verb}", params=params)
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    def wait(self, job: dict[str, Any]) -> dict[str, Any]:
+        response = self.client.get(f"/api/v1/jobs/{job['id']}", params={"wait": 10})
+        assert response.status_code == 200
+        done = dict(response.json())
+        assert done["status"] in ("succeeded", "failed"), done
+        return done
+
+    def run(self, name: str, verb: str, **params: Any) -> dict[str, Any]:
+        job = self.wait(self.action(name, verb, **params))
+        assert job["status"] == "succeeded", job
+        return job
+
+    def vm(self, name: str) -> dict[str, Any]:
+        response = self.client.get(f"/api/v1/vms/{name}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return list(self.client.get(f"/api/v1/vms/{name}/events").json())
+
+    def wait_state(self, name: str, state: str, timeout: float = 3.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        vm = self.vm(name)
+        while vm["state"] != state and time.monotonic() < deadline:
+            time.sleep(0.05)
+            vm = self.vm(name)
+        return vm
+
+
+def open_api(data_dir: Path, *, build_image: bool = True) -> Iterator[Api]:
+    settings = make_settings(data_dir)
+    app = create_app(settings, builders={"tiny": fake_tiny_builder})
+    with TestClient(app) as client:
+        if build_image:
+            fake_tiny_builder(settings.images_dir / "tiny")
+        yield Api(client, fake_host_for(DriverConfig(settings.run_dir)), settings)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    yield from open_api(tmp_path / "data")

@@ -1,0 +1,65 @@
+"""The VM spec, sizes and the state machine."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from virtfleet.errors import InvalidState
+from virtfleet.model.units import format_mib, parse_size_bytes, parse_size_mib
+from virtfleet.model.vm import ALLOWED, VmOperation, VmSpec, VmState, require
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"),
+    [("256M", 256), ("256", 256), (256, 256), ("1G", 1024), ("2GiB", 2048), ("512MB", 512), ("1t", 1048576)],
+)
+def test_sizes(text: str | int, mib: int) -> None:
+    assert parse_size_mib(text) == mib
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1.5G", "-1M", "12X"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size_bytes(text)
+
+
+def test_size_not_whole_mib() -> None:
+    with pytest.raises(ValueError, match="whole number of MiB"):
+        parse_size_mib("1536K")
+    assert format_mib(2048) == "2G" and format_mib(300) == "300M"
+
+
+def test_spec_defaults_and_round_trip() -> None:
+    spec = VmSpec(name="a", memory="1G")
+    assert (spec.cpus, spec.memory, spec.machine, spec.accel, spec.image) == (1, 1024, "microvm", "auto", "tiny")
+    assert VmSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad_field"),
+    [({"name": "a/b"}, "name"), ({"name": "-a"}, "name"), ({"name": "x" * 64}, "name"),
+     ({"name": "a", "memory": 0}, "memory"), ({"name": "a", "cpus": 0}, "cpus"),
+     ({"name": "a", "cpus": 10000}, "cpus"), ({"name": "a", "unknown": 1}, "unknown"),
+     ({"name": "a", "memory": True}, "memory")],
+)
+def test_spec_refuses(fields: dict[str, object], bad_field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        VmSpec.model_validate(fields)
+    assert caught.value.errors()[0]["loc"][0] == bad_field
+
+
+def test_every_operation_has_allowed_states() -> None:
+    assert set(ALLOWED) == set(VmOperation)
+    require(VmOperation.START, VmState.CRASHED, "vm 'a'")
+    with pytest.raises(InvalidState) as caught:
+        require(VmOperation.START, VmState.RUNNING, "vm 'a'")
+    assert caught.value.current == "running"
+    assert caught.value.allowed == ["crashed", "stopped"]
+    assert str(caught.value) == "cannot start vm 'a': it is running (allowed when crashed or stopped)"
+
+
+def test_delete_only_when_down() -> None:
+    for state in VmState:
+        allowed = state in (VmState.STOPPED, VmState.CRASHED)
+        assert (state in ALLOWED[VmOperation.DELETE]) is allowed
