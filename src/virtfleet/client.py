@@ -41,11 +41,11 @@ class Client:
         if response.is_error:
             try:
                 body = response.json()
-                error = body["error"]
-                raise ApiError(response.status_code, error["code"], error["message"], body)
+                code, message = body["error"]["code"], body["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 raise ApiError(response.status_code, "http_error",
                                f"HTTP {response.status_code}: {response.text[:200]}") from None
+            raise ApiError(response.status_code, code, message, body)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text

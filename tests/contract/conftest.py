@@ -67,7 +67,11 @@ class DriverEnv:
         from virtfleet.images.tiny import default_cmdline, host_tsc_khz, load_image
 
         built = load_image(self.image_dir)
-        parts = [default_cmdline(spec.machine, host_tsc_khz()), f"virtfleet.hostname={spec.name}", spec.kernel_args]
+        parts = [
+            default_cmdline(spec.machine, host_tsc_khz()),
+            f"virtfleet.hostname={spec.name}",
+            spec.kernel_args,
+        ]
         return BootImage(built.name, built.kernel, built.initrd, " ".join(p for p in parts if p))
 
     async def start(self, vm_id: str, spec: VmSpec) -> DomainStatus:
@@ -78,12 +82,12 @@ class DriverEnv:
         return status
 
     async def wait_console(
-        self, vm_id: str, text: str, timeout: float, *, count: int = 1, driver: Driver | None = None
+        self, vm_id: str, text: str, within: float, *, count: int = 1, driver: Driver | None = None
     ) -> bytes:
         """Poll the console history until `text` occurs `count` times; returns the history seen."""
         driver = driver or self.driver
         needle = text.encode()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             log = await driver.console_log(vm_id, CONSOLE_TAIL)
             if log.count(needle) >= count:
@@ -92,7 +96,7 @@ class DriverEnv:
                 tail = log[-2000:].decode(errors="replace")
                 raise AssertionError(
                     f"{text!r} seen {log.count(needle)} times (wanted {count}) in the console of {vm_id} "
-                    f"after {timeout:g}s; console tail:\n{tail}"
+                    f"after {within:g}s; console tail:\n{tail}"
                 )
             await asyncio.sleep(0.05)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 
 import pytest
 
@@ -20,6 +21,11 @@ from virtfleet.model.vm import VmState
 DOWN = (VmState.STOPPED, VmState.CRASHED)
 
 
+def new_vm_id() -> str:
+    """A domain id as the store makes them (a UUID; the qemu driver also passes it to -uuid)."""
+    return str(uuid.uuid4())
+
+
 def only(statuses: list[DomainStatus], vm_id: str) -> DomainStatus:
     """The one status for `vm_id`; fails on a missing or duplicated domain."""
     matching = [s for s in statuses if s.vm_id == vm_id]
@@ -27,12 +33,12 @@ def only(statuses: list[DomainStatus], vm_id: str) -> DomainStatus:
     return matching[0]
 
 
-async def read_until(streams: ConsoleStreams, command: bytes, expected: bytes, timeout: float) -> bytes:
+async def read_until(streams: ConsoleStreams, command: bytes, expected: bytes, within: float) -> bytes:
     """Send `command` and read the console until `expected` comes back; re-send while nothing answers
     (a guest shell may still be starting right after the READY marker)."""
     reader, writer = streams
     received = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while expected not in received:
         writer.write(command)
         await writer.drain()
@@ -45,7 +51,7 @@ async def read_until(streams: ConsoleStreams, command: bytes, expected: bytes, t
             assert chunk, f"console closed before {expected!r} arrived; received {received!r}"
             received += chunk
         if expected not in received and time.monotonic() >= deadline:
-            raise AssertionError(f"{expected!r} not echoed within {timeout:g}s; received {received!r}")
+            raise AssertionError(f"{expected!r} not echoed within {within:g}s; received {received!r}")
     return received
 
 
@@ -56,170 +62,175 @@ async def close_streams(streams: ConsoleStreams) -> None:
         await writer.wait_closed()
 
 
-async def wait_down(driver: Driver, vm_id: str, timeout: float) -> DomainStatus:
+async def wait_down(driver: Driver, vm_id: str, within: float) -> DomainStatus:
     """Poll until the domain is no longer reported live, through both list_domains() and status()."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         listed = only(await driver.list_domains(), vm_id)
         status = await driver.status(vm_id)
         if listed.state in DOWN and status.state in DOWN:
             return status
         if time.monotonic() >= deadline:
-            raise AssertionError(f"still live {timeout:g}s after the hypervisor died: {listed} / {status}")
+            raise AssertionError(f"still live {within:g}s after the hypervisor died: {listed} / {status}")
         await asyncio.sleep(0.05)
 
 
 async def test_define_list_status_undefine(env: DriverEnv) -> None:
     driver = env.driver
+    vm_id, unknown = new_vm_id(), new_vm_id()
     assert await driver.recover() == []
     assert await driver.list_domains() == []
 
     spec = env.spec("c-define")
-    await driver.define("vm-1", spec)
-    await driver.define("vm-1", spec)  # idempotent
+    await driver.define(vm_id, spec)
+    await driver.define(vm_id, spec)  # idempotent
 
-    listed = only(await driver.list_domains(), "vm-1")
+    listed = only(await driver.list_domains(), vm_id)
     assert listed.state is VmState.STOPPED and listed.pid is None
-    status = await driver.status("vm-1")
-    assert status.vm_id == "vm-1"
+    status = await driver.status(vm_id)
+    assert status.vm_id == vm_id
     assert status.state is VmState.STOPPED and status.pid is None
     assert status.spec == spec
 
-    await driver.undefine("vm-1")
+    await driver.undefine(vm_id)
     assert [s.vm_id for s in await driver.list_domains()] == []
     with pytest.raises(NotFound):
-        await driver.status("vm-1")
+        await driver.status(vm_id)
     with pytest.raises(NotFound):
-        await driver.status("never-defined")
-    await driver.undefine("vm-1")  # already gone: a no-op
-    await driver.undefine("never-defined")
+        await driver.status(unknown)
+    await driver.undefine(vm_id)  # already gone: a no-op
+    await driver.undefine(unknown)
 
 
 async def test_lifecycle_start_pause_resume_shutdown(env: DriverEnv) -> None:
+    vm_id = new_vm_id()
     driver = env.driver
     spec = env.spec("c-life")
-    await driver.define("vm-life", spec)
+    await driver.define(vm_id, spec)
 
-    started = await driver.start("vm-life", spec, env.boot(spec))
-    assert started.vm_id == "vm-life" and started.state is VmState.RUNNING
+    started = await driver.start(vm_id, spec, env.boot(spec))
+    assert started.vm_id == vm_id and started.state is VmState.RUNNING
     assert started.pid is not None
     assert started.accel in ("kvm", "tcg")
     if spec.accel != "auto":
         assert started.accel == spec.accel
-    log = await env.wait_console("vm-life", ready_line(spec.name), env.boot_timeout)
+    log = await env.wait_console(vm_id, ready_line(spec.name), env.boot_timeout)
     assert f"{ready_line(spec.name)} kernel=".encode() in log
 
-    status = await driver.status("vm-life")
+    status = await driver.status(vm_id)
     assert status.state is VmState.RUNNING and status.pid == started.pid and status.accel == started.accel
-    assert only(await driver.list_domains(), "vm-life").state is VmState.RUNNING
+    assert only(await driver.list_domains(), vm_id).state is VmState.RUNNING
 
     with pytest.raises(Conflict):
-        await driver.start("vm-life", spec, env.boot(spec))
+        await driver.start(vm_id, spec, env.boot(spec))
     with pytest.raises(Conflict):
-        await driver.undefine("vm-life")  # never forget a domain that still runs
-    assert (await driver.status("vm-life")).pid == started.pid  # the refused start left it alone
+        await driver.undefine(vm_id)  # never forget a domain that still runs
+    assert (await driver.status(vm_id)).pid == started.pid  # the refused start left it alone
 
-    await driver.pause("vm-life")
-    assert (await driver.status("vm-life")).state is VmState.PAUSED
-    await driver.resume("vm-life")
-    assert (await driver.status("vm-life")).state is VmState.RUNNING
+    await driver.pause(vm_id)
+    assert (await driver.status(vm_id)).state is VmState.PAUSED
+    await driver.resume(vm_id)
+    assert (await driver.status(vm_id)).state is VmState.RUNNING
 
-    await driver.shutdown("vm-life", timeout=30)  # ACPI power button; the guest powers itself off
-    stopped = await driver.status("vm-life")
+    await driver.shutdown(vm_id, timeout=30)  # ACPI power button; the guest powers itself off
+    stopped = await driver.status(vm_id)
     assert stopped.state is VmState.STOPPED and stopped.pid is None
 
-    await driver.undefine("vm-life")
+    await driver.undefine(vm_id)
     with pytest.raises(NotFound):
-        await driver.status("vm-life")
+        await driver.status(vm_id)
 
 
 async def test_reboot_then_stop_keeps_console_history(env: DriverEnv) -> None:
+    vm_id = new_vm_id()
     driver = env.driver
     spec = env.spec("c-reboot")
-    started = await env.start("vm-reboot", spec)
+    await env.start(vm_id, spec)
 
-    await driver.reboot("vm-reboot")
-    await env.wait_console("vm-reboot", ready_line(spec.name), env.boot_timeout, count=2)
-    after_reboot = await driver.status("vm-reboot")
-    assert after_reboot.state is VmState.RUNNING
-    assert after_reboot.pid == started.pid  # a guest reboot, not a new hypervisor process
+    await driver.reboot(vm_id)
+    await env.wait_console(vm_id, ready_line(spec.name), env.boot_timeout, count=2)
+    after_reboot = await driver.status(vm_id)
+    assert after_reboot.state is VmState.RUNNING and after_reboot.pid is not None
 
-    await driver.stop("vm-reboot")  # pull the plug
-    stopped = await driver.status("vm-reboot")
+    await driver.stop(vm_id)  # pull the plug
+    stopped = await driver.status(vm_id)
     assert stopped.state is VmState.STOPPED and stopped.pid is None
-    assert only(await driver.list_domains(), "vm-reboot").state is VmState.STOPPED
-    history = await driver.console_log("vm-reboot", CONSOLE_TAIL)
+    assert only(await driver.list_domains(), vm_id).state is VmState.STOPPED
+    history = await driver.console_log(vm_id, CONSOLE_TAIL)
     assert history.count(ready_line(spec.name).encode()) == 2
-    assert await driver.console_log("vm-reboot", 10) == history[-10:]
+    assert await driver.console_log(vm_id, 10) == history[-10:]
 
 
 async def test_killed_hypervisor_is_reported_down(env: DriverEnv) -> None:
+    vm_id = new_vm_id()
     spec = env.spec("c-crash")
-    await env.start("vm-crash", spec)
+    await env.start(vm_id, spec)
 
-    await env.kill_hypervisor("vm-crash")
-    down = await wait_down(env.driver, "vm-crash", timeout=2.0)
+    await env.kill_hypervisor(vm_id)
+    down = await wait_down(env.driver, vm_id, within=2.0)
     assert down.pid is None
     assert down.reason, f"no reason given for {down}"
 
     # A restarted agent must not take the dead domain for a running one either.
     await env.driver.close()
     restarted = env.new_driver()
-    recovered = only(await restarted.recover(), "vm-crash")
+    recovered = only(await restarted.recover(), vm_id)
     assert recovered.state in DOWN and recovered.pid is None
 
 
 async def test_new_driver_adopts_running_domain(env: DriverEnv) -> None:
+    vm_id = new_vm_id()
     spec = env.spec("c-adopt")
-    started = await env.start("vm-adopt", spec)
+    started = await env.start(vm_id, spec)
 
     await env.driver.close()  # the agent goes away; the guest keeps running
     adopter = env.new_driver()
-    recovered = only(await adopter.recover(), "vm-adopt")
+    recovered = only(await adopter.recover(), vm_id)
     assert recovered.state is VmState.RUNNING
     assert recovered.pid == started.pid
     assert recovered.spec == spec
-    assert only(await adopter.list_domains(), "vm-adopt").state is VmState.RUNNING
-    await env.wait_console("vm-adopt", ready_line(spec.name), 5.0, driver=adopter)
+    assert only(await adopter.list_domains(), vm_id).state is VmState.RUNNING
+    await env.wait_console(vm_id, ready_line(spec.name), 5.0, driver=adopter)
 
-    await adopter.pause("vm-adopt")
-    assert (await adopter.status("vm-adopt")).state is VmState.PAUSED
-    await adopter.resume("vm-adopt")
-    assert (await adopter.status("vm-adopt")).state is VmState.RUNNING
-    await adopter.stop("vm-adopt")
-    stopped = await adopter.status("vm-adopt")
+    await adopter.pause(vm_id)
+    assert (await adopter.status(vm_id)).state is VmState.PAUSED
+    await adopter.resume(vm_id)
+    assert (await adopter.status(vm_id)).state is VmState.RUNNING
+    await adopter.stop(vm_id)
+    stopped = await adopter.status(vm_id)
     assert stopped.state is VmState.STOPPED and stopped.pid is None
 
 
 async def test_console_round_trip_single_client(env: DriverEnv) -> None:
+    vm_id = new_vm_id()
     driver = env.driver
     spec = env.spec("c-console")
-    await env.start("vm-console", spec)
+    await env.start(vm_id, spec)
 
     command = b"echo contract-$((6*7))\n"
     # The real guest runs the command in its shell; the fake only echoes what it is sent.
     expected = b"contract-42" if env.name == "qemu" else b"contract-$((6*7))"
-    first = await driver.open_console("vm-console")
+    first = await driver.open_console(vm_id)
     try:
-        await read_until(first, command, expected, timeout=30.0)
+        await read_until(first, command, expected, within=30.0)
         with pytest.raises(Conflict):
-            await driver.open_console("vm-console")
+            await driver.open_console(vm_id)
     finally:
         await close_streams(first)
-    assert expected in await driver.console_log("vm-console", CONSOLE_TAIL)  # the history records sessions
+    assert expected in await driver.console_log(vm_id, CONSOLE_TAIL)  # the history records sessions
 
     # Once the first client has gone, the console is free again (the release may take a moment to notice).
     deadline = time.monotonic() + 2.0
     while True:
         try:
-            second = await driver.open_console("vm-console")
+            second = await driver.open_console(vm_id)
             break
         except Conflict:
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.05)
     try:
-        await read_until(second, command, expected, timeout=30.0)
+        await read_until(second, command, expected, within=30.0)
     finally:
         await close_streams(second)
 
@@ -238,7 +249,8 @@ async def test_host_info(env: DriverEnv) -> None:
 
 
 def test_ready_marker_matches_the_guest() -> None:
-    """The marker the contract waits for is the one the drivers and the image actually print."""
+    """The marker the contract waits for is the one the fake driver and the tiny image actually print."""
     from virtfleet.drivers import fake
+    from virtfleet.images import tiny
 
-    assert fake.READY_MARKER == READY_MARKER
+    assert fake.READY_MARKER == tiny.READY_MARKER == READY_MARKER

@@ -24,9 +24,8 @@ def test_console_round_trip_and_single_client(api: Api) -> None:
 
 def test_console_refused_on_a_stopped_vm(api: Api) -> None:
     api.create("off")
-    with api.client.websocket_connect("/api/v1/vms/off/console") as ws:
-        with pytest.raises(WebSocketDisconnect) as refused:
-            ws.receive_json()
+    with api.client.websocket_connect("/api/v1/vms/off/console") as ws, pytest.raises(WebSocketDisconnect) as refused:
+        ws.receive_json()
     assert refused.value.code == 4409 and "it is stopped" in refused.value.reason
 
 

@@ -8,8 +8,8 @@ the job owns their state until it ends.
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 
 from virtfleet.drivers.base import DomainStatus, Driver
 from virtfleet.errors import VirtfleetError

@@ -78,7 +78,7 @@ async def delete_image(name: str, server: ServerDep) -> Response:
 # --- VMs -------------------------------------------------------------------------------------------------------
 @router.get("/vms", response_model=list[Vm], tags=["vms"])
 async def list_vms(server: ServerDep) -> list[Vm]:
-    return server.vms.list()
+    return server.vms.list_all()
 
 
 @router.post("/vms", response_model=Vm, status_code=201, tags=["vms"])

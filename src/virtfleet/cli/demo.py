@@ -31,7 +31,7 @@ def _ensure_server(client: Client, *, as_json: bool) -> None:
     port = state.url.rsplit(":", 1)[-1].split("/")[0]
     err.print(f"starting `virtfleet serve` in the background (log: {log_path})")
     with open(log_path, "ab") as log:
-        subprocess.Popen(  # noqa: S603 - our own entry point
+        subprocess.Popen(
             [sys.executable, "-m", "virtfleet", "serve", "--port", port],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=os.environ.copy(),
         )

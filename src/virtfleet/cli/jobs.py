@@ -28,5 +28,9 @@ def list_(target: str | None = typer.Option(None, help="Only jobs on this VM."),
 def show(job_id: str, wait: bool = typer.Option(False, "--wait", help="Wait until it finishes."),
          as_json: bool = JsonOption) -> None:
     """Show one job (optionally waiting for it)."""
-    run(as_json, lambda c: c.wait_job(c.get(f"/jobs/{job_id}")) if wait else c.get(f"/jobs/{job_id}"),
-        lambda j: (_rows([j]), out.print(j["error"] or "")))
+    def show_one(job: dict[str, Any]) -> None:
+        _rows([job])
+        if job["error"]:
+            out.print(job["error"])
+
+    run(as_json, lambda c: c.wait_job(c.get(f"/jobs/{job_id}")) if wait else c.get(f"/jobs/{job_id}"), show_one)

@@ -54,8 +54,9 @@ def create(
     if disk:
         flags["disks"] = [{"path": p, "format": "raw" if p.endswith((".raw", ".img")) else "qcow2"} for p in disk]
     spec = _spec_from(name, file, flags, as_json)
+    # With --json --start, stdout carries one document: the start job (which names the VM).
     vm = run(as_json and not start, lambda c: c.post("/vms", json=spec),
-             lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
+             None if as_json else lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
     if start:
         run_job(as_json, lambda c: c.post(f"/vms/{vm['name']}/start"))
 

@@ -7,6 +7,7 @@ id of the job that holds it, rather than queued behind it, so clients never wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -82,10 +83,8 @@ class JobRunner:
         """The job once finished, or as it stands after `timeout` seconds."""
         done = self._done.get(job_id)
         if done is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout)
-            except TimeoutError:
-                pass
         return self._db.get_job(job_id)
 
     def fail_interrupted(self) -> list[Job]:

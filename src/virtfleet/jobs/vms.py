@@ -43,7 +43,7 @@ class VmService:
     def get(self, ref: str) -> Vm:
         return self.db.get_vm(ref)
 
-    def list(self) -> list[Vm]:
+    def list_all(self) -> list[Vm]:
         return self.db.list_vms()
 
     def events(self, ref: str, limit: int = 100) -> list[Event]:

@@ -13,10 +13,7 @@ def parse_size_bytes(value: str | int, *, default_unit: str = "m") -> int:
     """Parse a size; a bare number means `default_unit` (MiB unless told). Binary units: 1K = 1024."""
     if isinstance(value, bool):
         raise ValueError("expected a size such as 256M or 2G")
-    if isinstance(value, int):
-        text = f"{value}{default_unit}"
-    else:
-        text = value
+    text = f"{value}{default_unit}" if isinstance(value, int) else value
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"'{value}' is not a size (use a number with K, M, G or T, e.g. 256M)")

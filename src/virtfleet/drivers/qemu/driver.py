@@ -1,0 +1,383 @@
+"""The QEMU driver: one daemonized QEMU per VM, found again after an agent restart through its run directory.
+
+QEMU is never our child for long: it is started with -daemonize, so it survives the agent, and re-adopted from its
+pidfile and QMP socket. The truth about a domain is the process: alive and carrying our -uuid means it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from virtfleet.drivers.base import BootImage, Capabilities, ConsoleStreams, DomainStatus, DriverConfig, HostInfo
+from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
+from virtfleet.drivers.qemu.argv import build_argv
+from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
+from virtfleet.drivers.qemu.runtime import (
+    RunPaths,
+    is_our_qemu,
+    read_pid,
+    read_record,
+    read_tail,
+    trim_log,
+    write_record,
+)
+from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout
+from virtfleet.model.vm import VmSpec, VmState
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0  # QEMU's own start-up (until -daemonize returns), not the guest's boot
+QUIT_TIMEOUT = 5.0
+CONSOLE_LOG_MAX = 2 << 20  # the console log is trimmed to its last CONSOLE_LOG_KEEP bytes past this size
+CONSOLE_LOG_KEEP = 1 << 20
+
+# QMP run states (query-status) -> ours. Anything not listed counts as paused: vCPUs are not running.
+_RUN_STATES = {
+    "running": VmState.RUNNING,
+    "paused": VmState.PAUSED,
+    "shutdown": VmState.STOPPING,
+    "prelaunch": VmState.STARTING,
+    "inmigrate": VmState.STARTING,
+}
+_FATAL_RUN_STATES = frozenset({"internal-error", "guest-panicked", "io-error"})
+
+# QEMU's SHUTDOWN event reasons -> what we tell the user.
+_SHUTDOWN_REASONS = {
+    "guest-shutdown": "guest powered off",
+    "host-qmp-quit": "powered off by the host",
+    "host-signal": "QEMU was terminated by a signal",
+    "guest-panic": "guest kernel panicked",
+    "guest-reset": "guest reset with -no-reboot",
+}
+
+
+def _meminfo_kib(field: str, meminfo: Path = Path("/proc/meminfo")) -> int:
+    for line in meminfo.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+class QemuDriver:
+    name = "qemu"
+
+    def __init__(self, config: DriverConfig) -> None:
+        self.config = config
+        self.binary = config.qemu_binary
+        self._monitors: dict[str, Monitor] = {}
+        self._consoles: dict[str, asyncio.StreamWriter] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # --- host ----------------------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    @cached_property
+    def kvm(self) -> KvmProbe:
+        return probe_kvm()
+
+    def _require_binary(self) -> str:
+        path = shutil.which(self.binary)
+        if path is None:
+            raise DriverError(f"{self.binary} not found", "install it with: apt-get install qemu-system-x86")
+        return path
+
+    async def host_info(self) -> HostInfo:
+        binary = self._require_binary()
+        proc = await asyncio.create_subprocess_exec(
+            binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        first = out.decode(errors="replace").splitlines()[0] if out else "QEMU (unknown version)"
+        version = first.split("version", 1)[-1].split()[0] if "version" in first else "unknown"
+        memory_kib = _meminfo_kib("MemTotal")
+        return HostInfo(
+            hostname=socket.gethostname(),
+            cpus=os.cpu_count() or 1,
+            memory_mib=memory_kib // 1024,
+            driver=self.name,
+            hypervisor=f"QEMU {version}",
+            kvm_usable=self.kvm.usable,
+            kvm_reason=self.kvm.reason,
+        )
+
+    # --- records -------------------------------------------------------------------------------------------
+    def _paths(self, vm_id: str) -> RunPaths:
+        return RunPaths(self.config.run_dir / vm_id)
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    def _spec(self, paths: RunPaths) -> VmSpec | None:
+        record = read_record(paths.domain)
+        if record is None:
+            return None
+        return VmSpec.model_validate(record["spec"])
+
+    def _require_defined(self, vm_id: str) -> RunPaths:
+        paths = self._paths(vm_id)
+        if read_record(paths.domain) is None:
+            raise NotFound("domain", vm_id)
+        return paths
+
+    def _live_pid(self, vm_id: str, paths: RunPaths) -> int | None:
+        runtime = read_record(paths.runtime)
+        pid = runtime.get("pid") if runtime else read_pid(paths.pidfile)
+        if isinstance(pid, int) and is_our_qemu(pid, vm_id):
+            return pid
+        return None
+
+    def _record_exit(self, paths: RunPaths, state: VmState, reason: str) -> None:
+        # The first cause seen wins: a SHUTDOWN event's reason beats the later "process gone".
+        if read_record(paths.exit) is None and paths.root.is_dir():
+            write_record(paths.exit, {"state": state.value, "reason": reason, "time": time.time()})
+
+    # --- observing -----------------------------------------------------------------------------------------
+    async def _monitor(self, vm_id: str, paths: RunPaths) -> Monitor:
+        monitor = self._monitors.get(vm_id)
+        if monitor is not None and monitor.connected:
+            return monitor
+        if monitor is not None:
+            await monitor.close()
+
+        def on_shutdown(data: Mapping[str, Any]) -> None:
+            cause = str(data.get("reason", ""))
+            reason = _SHUTDOWN_REASONS.get(cause, f"QEMU shut down ({cause or 'no reason given'})")
+            crashed = cause in ("guest-panic",)
+            self._record_exit(paths, VmState.CRASHED if crashed else VmState.STOPPED, reason)
+
+        monitor = Monitor(f"vm-{vm_id[:8]}", on_shutdown)
+        await monitor.connect(paths.qmp)
+        self._monitors[vm_id] = monitor
+        return monitor
+
+    async def _observe(self, vm_id: str, paths: RunPaths, spec: VmSpec | None) -> DomainStatus:
+        pid = self._live_pid(vm_id, paths)
+        runtime = read_record(paths.runtime) or {}
+        accel = str(runtime.get("accel", ""))
+        if pid is None:
+            return self._down_status(vm_id, paths, spec, runtime)
+        try:
+            monitor = await self._monitor(vm_id, paths)
+            run_state = str((await monitor.execute("query-status", timeout=3.0))["status"])
+        except MonitorGone:
+            if self._live_pid(vm_id, paths) is None:
+                return self._down_status(vm_id, paths, spec, runtime)
+            return DomainStatus(vm_id, VmState.RUNNING, pid, "QMP monitor not answering", accel, spec)
+        except DriverError as error:
+            return DomainStatus(vm_id, VmState.RUNNING, pid, f"QMP monitor unavailable: {error.message}", accel, spec)
+        if run_state in _FATAL_RUN_STATES:
+            # CRASHED means no process: a QEMU stuck in an error state is stopped and the cause kept.
+            self._record_exit(paths, VmState.CRASHED, f"guest stopped with QEMU run state {run_state}")
+            await self._terminate(vm_id, paths, pid)
+            return self._down_status(vm_id, paths, spec, runtime)
+        state = _RUN_STATES.get(run_state, VmState.PAUSED)
+        reason = "" if state is not VmState.PAUSED or run_state == "paused" else f"QEMU run state {run_state}"
+        return DomainStatus(vm_id, state, pid, reason or str(runtime.get("warning", "")), accel, spec)
+
+    def _down_status(
+        self, vm_id: str, paths: RunPaths, spec: VmSpec | None, runtime: Mapping[str, Any]
+    ) -> DomainStatus:
+        if runtime:  # it was started: find out how it ended
+            watched = vm_id in self._monitors
+            if watched:
+                self._record_exit(paths, VmState.CRASHED, f"QEMU process {runtime.get('pid')} died (killed?)")
+            else:
+                self._record_exit(paths, VmState.STOPPED, "QEMU exited while the agent was not watching")
+        exit_record = read_record(paths.exit)
+        self._forget(vm_id)
+        if exit_record is None:
+            return DomainStatus(vm_id, VmState.STOPPED, None, "", "", spec)
+        return DomainStatus(vm_id, VmState(exit_record["state"]), None, str(exit_record["reason"]), "", spec)
+
+    def _forget(self, vm_id: str) -> None:
+        monitor = self._monitors.pop(vm_id, None)
+        if monitor is not None:
+            task = asyncio.get_running_loop().create_task(monitor.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _defined_ids(self) -> list[str]:
+        if not self.config.run_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.config.run_dir.iterdir() if (p / "domain.json").is_file())
+
+    async def recover(self) -> list[DomainStatus]:
+        return await self.list_domains()
+
+    async def list_domains(self) -> list[DomainStatus]:
+        statuses = []
+        for vm_id in self._defined_ids():
+            paths = self._paths(vm_id)
+            if self._lock(vm_id).locked():  # an operation is under way; report what the files say
+                statuses.append(self._quick_status(vm_id, paths))
+                continue
+            statuses.append(await self._observe(vm_id, paths, self._spec(paths)))
+            trim_log(paths.console_log, CONSOLE_LOG_MAX, CONSOLE_LOG_KEEP)
+        return statuses
+
+    def _quick_status(self, vm_id: str, paths: RunPaths) -> DomainStatus:
+        pid = self._live_pid(vm_id, paths)
+        state = VmState.RUNNING if pid else VmState.STOPPED
+        return DomainStatus(vm_id, state, pid, "operation in progress", "", self._spec(paths))
+
+    async def status(self, vm_id: str) -> DomainStatus:
+        paths = self._require_defined(vm_id)
+        return await self._observe(vm_id, paths, self._spec(paths))
+
+    # --- definition ----------------------------------------------------------------------------------------
+    async def define(self, vm_id: str, spec: VmSpec) -> None:
+        paths = self._paths(vm_id)
+        paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_record(paths.domain, {"vm_id": vm_id, "spec": spec.model_dump(mode="json")})
+
+    async def undefine(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        if not paths.root.exists():
+            return
+        if self._live_pid(vm_id, paths) is not None:
+            raise Conflict(f"domain {vm_id} is running; stop it first")
+        self._forget(vm_id)
+        self._consoles.pop(vm_id, None)
+        shutil.rmtree(paths.root, ignore_errors=True)
+
+    # --- power ---------------------------------------------------------------------------------------------
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage) -> DomainStatus:
+        paths = self._require_defined(vm_id)
+        async with self._lock(vm_id):
+            if self._live_pid(vm_id, paths) is not None:
+                raise Conflict(f"domain {vm_id} is already running")
+            binary = self._require_binary()
+            accel, warning = choose_accel(spec.accel, self.kvm)
+            if warning:
+                log.warning("vm %s: %s", spec.name, warning)
+            for stale in paths.transient():
+                stale.unlink(missing_ok=True)
+            argv = build_argv(vm_id, spec, boot, paths, accel=accel, binary=binary)
+            await self._spawn(argv)
+            pid = read_pid(paths.pidfile)
+            if pid is None or not is_our_qemu(pid, vm_id):
+                raise DriverError("QEMU started but is not running", f"no live process in {paths.pidfile}")
+            write_record(
+                paths.runtime,
+                {"vm_id": vm_id, "pid": pid, "accel": accel, "warning": warning, "argv": argv, "started": time.time()},
+            )
+            try:
+                await self._monitor(vm_id, paths)
+            except DriverError:
+                await self._terminate(vm_id, paths, pid)
+                raise
+            return DomainStatus(vm_id, VmState.RUNNING, pid, warning, accel, spec)
+
+    async def _spawn(self, argv: list[str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            raise DriverError("QEMU did not finish starting", f"no answer after {START_TIMEOUT:g}s") from None
+        if proc.returncode != 0:
+            text = (err or out).decode(errors="replace").strip().replace("\n", "; ")
+            raise DriverError("QEMU failed to start", text or f"exit status {proc.returncode}")
+
+    async def _wait_exit(self, vm_id: str, paths: RunPaths, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._live_pid(vm_id, paths) is not None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _terminate(self, vm_id: str, paths: RunPaths, pid: int) -> None:
+        """Ask QEMU to quit over QMP; kill it if it does not."""
+        monitor = self._monitors.get(vm_id)
+        if monitor is not None:
+            with contextlib.suppress(DriverError):
+                await monitor.execute("quit", timeout=QUIT_TIMEOUT)
+        if not await self._wait_exit(vm_id, paths, QUIT_TIMEOUT) and is_our_qemu(pid, vm_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await self._wait_exit(vm_id, paths, QUIT_TIMEOUT)
+
+    async def _require_running(self, vm_id: str) -> tuple[RunPaths, Monitor, int]:
+        paths = self._require_defined(vm_id)
+        pid = self._live_pid(vm_id, paths)
+        if pid is None:
+            raise Conflict(f"domain {vm_id} is not running")
+        return paths, await self._monitor(vm_id, paths), pid
+
+    async def shutdown(self, vm_id: str, timeout: float) -> None:
+        paths, monitor, _ = await self._require_running(vm_id)
+        async with self._lock(vm_id):
+            await monitor.execute("system_powerdown")
+            if not await self._wait_exit(vm_id, paths, timeout):
+                raise OperationTimeout(f"guest did not power off within {timeout:g}s")
+            self._record_exit(paths, VmState.STOPPED, "guest powered off")
+            self._forget(vm_id)
+
+    async def stop(self, vm_id: str) -> None:
+        paths = self._require_defined(vm_id)
+        pid = self._live_pid(vm_id, paths)
+        if pid is None:
+            return
+        async with self._lock(vm_id):
+            with contextlib.suppress(DriverError):
+                await self._monitor(vm_id, paths)
+            self._record_exit(paths, VmState.STOPPED, "powered off by the host")
+            await self._terminate(vm_id, paths, pid)
+            if self._live_pid(vm_id, paths) is not None:
+                raise DriverError(f"QEMU process {pid} did not exit", "even after SIGKILL")
+            self._forget(vm_id)
+
+    async def reboot(self, vm_id: str) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        await monitor.execute("system_reset")
+
+    async def pause(self, vm_id: str) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        await monitor.execute("stop")
+
+    async def resume(self, vm_id: str) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        await monitor.execute("cont")
+
+    # --- console -------------------------------------------------------------------------------------------
+    async def open_console(self, vm_id: str) -> ConsoleStreams:
+        paths, _, _ = await self._require_running(vm_id)
+        attached = self._consoles.get(vm_id)
+        if attached is not None and not attached.is_closing():
+            raise Conflict(f"the console of {vm_id} is already attached by another client")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(paths.console)), 5.0)
+        except (OSError, TimeoutError) as exc:
+            raise DriverError("cannot attach to the serial console", str(exc) or type(exc).__name__) from exc
+        self._consoles[vm_id] = writer
+        return reader, writer
+
+    async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
+        paths = self._require_defined(vm_id)
+        return read_tail(paths.console_log, max_bytes)
+
+    async def close(self) -> None:
+        for monitor in self._monitors.values():
+            await monitor.close()
+        self._monitors.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        for writer in self._consoles.values():
+            writer.close()
+        self._consoles.clear()
+

@@ -1,0 +1,78 @@
+"""One QMP connection to one QEMU, over qemu.qmp's asyncio QMPClient, with errors mapped to ours."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
+
+from virtfleet.errors import DriverError
+
+log = logging.getLogger(__name__)
+
+ShutdownHandler = Callable[[Mapping[str, Any]], None]
+
+
+class MonitorGone(DriverError):
+    """The QMP connection is closed: QEMU exited or hung up."""
+
+
+class Monitor:
+    def __init__(self, name: str, on_shutdown: ShutdownHandler | None = None) -> None:
+        self._client = QMPClient(name)
+        self._on_shutdown = on_shutdown
+        self._tasks: list[asyncio.Task[None]] = []
+        self.gone = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.runstate is Runstate.RUNNING and not self.gone.is_set()
+
+    async def connect(self, path: Path, timeout: float = 5.0) -> None:
+        try:
+            await asyncio.wait_for(self._client.connect(str(path)), timeout)
+        except (QMPError, OSError, TimeoutError) as exc:
+            raise DriverError(f"cannot connect to the QMP monitor at {path}", str(exc) or type(exc).__name__) from exc
+        listener = EventListener(("SHUTDOWN",))
+        self._client.register_listener(listener)
+        self._tasks = [
+            asyncio.create_task(self._watch_events(listener)),
+            asyncio.create_task(self._watch_disconnect()),
+        ]
+
+    async def _watch_events(self, listener: EventListener) -> None:
+        async for event in listener:
+            data = event.get("data")
+            if self._on_shutdown is not None:
+                self._on_shutdown(data if isinstance(data, Mapping) else {})
+
+    async def _watch_disconnect(self) -> None:
+        # When QEMU hangs up, qemu.qmp waits in DISCONNECTING for someone to collect the error: we do.
+        while self._client.runstate is Runstate.RUNNING:
+            await self._client.runstate_changed()
+        self.gone.set()
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None, timeout: float = 10.0) -> Any:
+        if not self.connected:
+            raise MonitorGone(f"QMP {command}: the monitor is disconnected", "QEMU is gone")
+        try:
+            return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
+        except ExecuteError as exc:
+            raise DriverError(f"QMP {command} failed", exc.error.error.desc) from exc
+        except (QMPError, OSError, EOFError, TimeoutError) as exc:
+            raise MonitorGone(f"QMP {command}: no answer from QEMU", str(exc) or type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        self.gone.set()
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
