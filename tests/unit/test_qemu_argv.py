@@ -1,0 +1,83 @@
+"""The QEMU command line is a pure function of spec, image and run directory: compared with golden files.
+
+Regenerate after an intended change with: VIRTFLEET_UPDATE_GOLDEN=1 pytest tests/unit/test_qemu_argv.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from virtfleet.drivers.base import BootImage
+from virtfleet.drivers.qemu.argv import build_argv
+from virtfleet.drivers.qemu.runtime import RunPaths
+from virtfleet.model.vm import VmSpec
+
+GOLDEN = Path(__file__).parent.parent / "data" / "argv"
+VM_ID = "0b5e8a9e-6f4a-4c1e-9d0e-3f1f2a7c9b11"
+BOOT = BootImage("tiny", Path("/img/tiny/vmlinux"), Path("/img/tiny/initramfs.cpio"), "console=ttyS0 quiet")
+PATHS = RunPaths(Path("/run/vf") / VM_ID)
+
+CASES = {
+    "microvm-tcg": (VmSpec(name="web", cpus=1, memory=256), "tcg"),
+    "q35-kvm-disks": (
+        VmSpec(
+            name="db",
+            cpus=2,
+            memory="1G",
+            machine="q35",
+            disks=[{"path": "/pools/default/db.qcow2"}, {"path": "/pools/default/seed.raw", "format": "raw",
+                                                          "readonly": True}],
+        ),
+        "kvm",
+    ),
+    "microvm-disk": (VmSpec(name="m1", memory=128, disks=[{"path": "/pools/default/a.qcow2"}]), "tcg"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_argv_matches_golden(case: str) -> None:
+    spec, accel = CASES[case]
+    argv = build_argv(VM_ID, spec, BOOT, PATHS, accel=accel)
+    golden = GOLDEN / f"{case}.txt"
+    if os.environ.get("VIRTFLEET_UPDATE_GOLDEN"):
+        golden.write_text("\n".join(argv) + "\n")
+    assert argv == golden.read_text().splitlines()
+
+
+def _blockdevs(argv: list[str]) -> list[dict[str, object]]:
+    return [json.loads(argv[i + 1]) for i, arg in enumerate(argv) if arg == "-blockdev"]
+
+
+def test_disks_have_explicit_formats_and_never_follow_backing_files() -> None:
+    spec, accel = CASES["q35-kvm-disks"]
+    nodes = _blockdevs(build_argv(VM_ID, spec, BOOT, PATHS, accel=accel))
+    formats = [n for n in nodes if n["driver"] != "file"]
+    assert [n["driver"] for n in formats] == ["qcow2", "raw"]
+    assert formats[0]["backing"] is None and "backing" not in formats[1]
+    assert [n["read-only"] for n in nodes] == [False, False, True, True]
+
+
+def test_virtio_bus_follows_the_machine_type() -> None:
+    micro = build_argv(VM_ID, CASES["microvm-disk"][0], BOOT, PATHS, accel="tcg")
+    q35 = build_argv(VM_ID, CASES["q35-kvm-disks"][0], BOOT, PATHS, accel="kvm")
+    assert any(a.startswith("virtio-blk-device,") for a in micro)
+    assert any(a.startswith("virtio-blk-pci,") for a in q35)
+
+
+def test_accel_picks_the_cpu_model() -> None:
+    spec = CASES["microvm-tcg"][0]
+    for accel, cpu in (("kvm", "host"), ("tcg", "max")):
+        argv = build_argv(VM_ID, spec, BOOT, PATHS, accel=accel)
+        assert argv[argv.index("-accel") + 1] == accel and argv[argv.index("-cpu") + 1] == cpu
+
+
+def test_commas_in_run_paths_are_escaped() -> None:
+    paths = RunPaths(Path("/data,x") / VM_ID)
+    argv = build_argv(VM_ID, CASES["microvm-tcg"][0], BOOT, paths, accel="tcg")
+    assert argv[argv.index("-qmp") + 1].startswith("unix:/data,,x/")
+    chardev = argv[argv.index("-chardev") + 1]
+    assert "path=/data,,x/" in chardev and "logfile=/data,,x/" in chardev
