@@ -82,12 +82,12 @@ class DriverEnv:
         return status
 
     async def wait_console(
-        self, vm_id: str, text: str, within: float, *, count: int = 1, driver: Driver | None = None
+        self, vm_id: str, text: str, timeout: float, *, count: int = 1, driver: Driver | None = None
     ) -> bytes:
         """Poll the console history until `text` occurs `count` times; returns the history seen."""
         driver = driver or self.driver
         needle = text.encode()
-        deadline = time.monotonic() + within
+        deadline = time.monotonic() + timeout
         while True:
             log = await driver.console_log(vm_id, CONSOLE_TAIL)
             if log.count(needle) >= count:
@@ -96,7 +96,7 @@ class DriverEnv:
                 tail = log[-2000:].decode(errors="replace")
                 raise AssertionError(
                     f"{text!r} seen {log.count(needle)} times (wanted {count}) in the console of {vm_id} "
-                    f"after {within:g}s; console tail:\n{tail}"
+                    f"after {timeout:g}s; console tail:\n{tail}"
                 )
             await asyncio.sleep(0.05)
 

@@ -33,12 +33,12 @@ def only(statuses: list[DomainStatus], vm_id: str) -> DomainStatus:
     return matching[0]
 
 
-async def read_until(streams: ConsoleStreams, command: bytes, expected: bytes, within: float) -> bytes:
+async def read_until(streams: ConsoleStreams, command: bytes, expected: bytes, timeout: float) -> bytes:
     """Send `command` and read the console until `expected` comes back; re-send while nothing answers
     (a guest shell may still be starting right after the READY marker)."""
     reader, writer = streams
     received = b""
-    deadline = time.monotonic() + within
+    deadline = time.monotonic() + timeout
     while expected not in received:
         writer.write(command)
         await writer.drain()
@@ -51,7 +51,7 @@ async def read_until(streams: ConsoleStreams, command: bytes, expected: bytes, w
             assert chunk, f"console closed before {expected!r} arrived; received {received!r}"
             received += chunk
         if expected not in received and time.monotonic() >= deadline:
-            raise AssertionError(f"{expected!r} not echoed within {within:g}s; received {received!r}")
+            raise AssertionError(f"{expected!r} not echoed within {timeout:g}s; received {received!r}")
     return received
 
 
@@ -62,16 +62,16 @@ async def close_streams(streams: ConsoleStreams) -> None:
         await writer.wait_closed()
 
 
-async def wait_down(driver: Driver, vm_id: str, within: float) -> DomainStatus:
+async def wait_down(driver: Driver, vm_id: str, timeout: float) -> DomainStatus:
     """Poll until the domain is no longer reported live, through both list_domains() and status()."""
-    deadline = time.monotonic() + within
+    deadline = time.monotonic() + timeout
     while True:
         listed = only(await driver.list_domains(), vm_id)
         status = await driver.status(vm_id)
         if listed.state in DOWN and status.state in DOWN:
             return status
         if time.monotonic() >= deadline:
-            raise AssertionError(f"still live {within:g}s after the hypervisor died: {listed} / {status}")
+            raise AssertionError(f"still live {timeout:g}s after the hypervisor died: {listed} / {status}")
         await asyncio.sleep(0.05)
 
 
@@ -167,7 +167,7 @@ async def test_killed_hypervisor_is_reported_down(env: DriverEnv) -> None:
     await env.start(vm_id, spec)
 
     await env.kill_hypervisor(vm_id)
-    down = await wait_down(env.driver, vm_id, within=2.0)
+    down = await wait_down(env.driver, vm_id, timeout=2.0)
     assert down.pid is None
     assert down.reason, f"no reason given for {down}"
 
@@ -212,7 +212,7 @@ async def test_console_round_trip_single_client(env: DriverEnv) -> None:
     expected = b"contract-42" if env.name == "qemu" else b"contract-$((6*7))"
     first = await driver.open_console(vm_id)
     try:
-        await read_until(first, command, expected, within=30.0)
+        await read_until(first, command, expected, timeout=30.0)
         with pytest.raises(Conflict):
             await driver.open_console(vm_id)
     finally:
@@ -230,7 +230,7 @@ async def test_console_round_trip_single_client(env: DriverEnv) -> None:
                 raise
             await asyncio.sleep(0.05)
     try:
-        await read_until(second, command, expected, within=30.0)
+        await read_until(second, command, expected, timeout=30.0)
     finally:
         await close_streams(second)
 

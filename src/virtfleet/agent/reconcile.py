@@ -38,9 +38,9 @@ class Reconciler:
     def sync(self, statuses: list[DomainStatus], *, adopting: bool = False) -> None:
         actual = {status.vm_id: status for status in statuses}
         for vm in self.db.list_vms():
+            status = actual.pop(vm.id, None)  # known to the store, so never "adopted", even while busy
             if vm.host != self.host or self.runner.busy(vm.id):
                 continue
-            status = actual.pop(vm.id, None)
             if status is None:
                 if is_live(vm.state):
                     self._change(vm.id, vm.state, VmState.CRASHED, "the host has no record of this VM")

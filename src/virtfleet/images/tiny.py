@@ -217,7 +217,7 @@ fi
 
 # busybox acpid runs /etc/acpi/<ACTION>/<PARAMETER> for an event; the power button is PWRF/00000080.
 POWER_BUTTON = """#!/bin/sh
-echo "virtfleet: power button pressed, powering off"
+echo "virtfleet: power button pressed, powering off" > /dev/console
 poweroff -f
 """
 

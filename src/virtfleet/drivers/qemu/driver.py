@@ -266,7 +266,7 @@ class QemuDriver:
             for stale in paths.transient():
                 stale.unlink(missing_ok=True)
             argv = build_argv(vm_id, spec, boot, paths, accel=accel, binary=binary)
-            await self._spawn(argv)
+            await self._spawn(argv, paths.startup_log)
             pid = read_pid(paths.pidfile)
             if pid is None or not is_our_qemu(pid, vm_id):
                 raise DriverError("QEMU started but is not running", f"no live process in {paths.pidfile}")
@@ -281,18 +281,20 @@ class QemuDriver:
                 raise
             return DomainStatus(vm_id, VmState.RUNNING, pid, warning, accel, spec)
 
-    async def _spawn(self, argv: list[str]) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+    async def _spawn(self, argv: list[str], log_path: Path) -> None:
+        """Run QEMU until -daemonize hands over. Its start-up messages go to a file, not a pipe: the daemonized
+        child would hold a pipe open, and some event loops (uvloop) then never report the parent's exit."""
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
+            returncode = await asyncio.wait_for(proc.wait(), START_TIMEOUT)
         except TimeoutError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             raise DriverError("QEMU did not finish starting", f"no answer after {START_TIMEOUT:g}s") from None
-        if proc.returncode != 0:
-            text = (err or out).decode(errors="replace").strip().replace("\n", "; ")
-            raise DriverError("QEMU failed to start", text or f"exit status {proc.returncode}")
+        if returncode != 0:
+            text = log_path.read_text(errors="replace").strip().replace("\n", "; ")
+            raise DriverError("QEMU failed to start", text or f"exit status {returncode}")
 
     async def _wait_exit(self, vm_id: str, paths: RunPaths, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

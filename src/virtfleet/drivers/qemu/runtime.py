@@ -3,6 +3,7 @@
     <run_dir>/<vm_id>/domain.json   the spec, written by define() (versioned record)
                       runtime.json  how the running QEMU was started: pid, accel, argv (versioned record)
                       exit.json     why it last stopped, written when we saw it go
+                      qemu-start.log  what QEMU printed before it daemonized (start-up errors)
                       qemu.pid      QEMU's own pidfile
                       qmp.sock      QMP monitor
                       console.sock  serial console (one client at a time)
@@ -35,6 +36,10 @@ class RunPaths:
     @property
     def exit(self) -> Path:
         return self.root / "exit.json"
+
+    @property
+    def startup_log(self) -> Path:
+        return self.root / "qemu-start.log"
 
     @property
     def pidfile(self) -> Path:

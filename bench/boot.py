@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""Boot latency and memory benchmark: virtfleet vs. the same QEMU command line run by hand.
+
+    .venv/bin/python bench/boot.py [--rounds 5] [--vms 10] [--json-out bench/results/boot.json] [--keep]
+
+1. Boot latency. A `virtfleet serve` runs as a subprocess on a free port with a throw-away data directory under /tmp
+   (short, so the unix sockets in the run directory stay under 108 bytes). Each virtfleet round creates a fresh VM
+   (256M, accel tcg) through the REST API and times POST /vms/{name}/start until GET /vms/{name}/logs shows the
+   guest's readiness line, polling every 20 ms; the VM is then shut down and deleted. Each raw round re-runs the argv
+   virtfleet recorded in the warm-up VM's runtime.json, with a fresh run directory and uuid and without -daemonize
+   and -pidfile, and times process spawn until the marker appears in its console log. Rounds alternate
+   virtfleet / raw after one uncounted warm-up of each.
+2. Memory. RSS (VmRSS) of the serve process idle, then with --vms tiny VMs (128M) running and READY, and the QEMU
+   RSS per VM. All VMs are then stopped and deleted.
+
+Always TCG. Every QEMU the benchmark started is gone when it exits (the finally block kills whatever is left whose
+command line names the benchmark's data directory, by pid). The table goes to stdout, all raw samples to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from virtfleet import __version__
+from virtfleet.client import ApiError, Client
+from virtfleet.config import Settings
+from virtfleet.images.tiny import READY_MARKER, build_tiny_image
+
+ROOT = Path(__file__).resolve().parent.parent
+POLL = 0.020  # boot latency poll interval (seconds), virtfleet and raw alike
+FLEET_POLL = 0.25  # the memory phase only needs "all ready", not a precise time
+BOOT_TIMEOUT = 60.0
+JOB_TIMEOUT = 60.0
+
+console = Console()
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says what failed."""
+
+
+# --- small helpers ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proc_status_kib(pid: int, field_name: str = "VmRSS") -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
+def our_qemu_pids(marker: str) -> list[int]:
+    """Live qemu-system processes whose command line names `marker` (the benchmark's unique data directory)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = proc_cmdline(int(entry.name))
+        if argv and "qemu-system" in Path(argv[0]).name and any(marker in arg for arg in argv):
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[-1].split()[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def job_seconds(job: dict[str, Any]) -> float | None:
+    """Server-side duration of a job (created -> finished)."""
+    created, finished = parse_time(job.get("created_at")), parse_time(job.get("finished_at"))
+    return (finished - created).total_seconds() if created and finished else None
+
+
+def ready_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if READY_MARKER in line), "")
+
+
+def machine_facts(binary: str) -> dict[str, Any]:
+    try:
+        qemu = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        qemu_version = qemu.splitlines()[0].strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        qemu_version = f"unknown ({exc})"
+    cpu_model = ""
+    mem_total_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total_kib = int(line.split()[1])
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_mib": mem_total_kib // 1024,
+        "kernel": platform.release(),
+        "qemu_binary": shutil.which(binary) or binary,
+        "qemu_version": qemu_version,
+        "accel": "tcg",
+        "python": platform.python_version(),
+        "virtfleet_version": __version__,
+    }
+
+
+# --- the serve process --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Serve:
+    data_dir: Path
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no serve log)"
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"`virtfleet serve` exited with status {self.proc.returncode}; its log ends with:\n"
+                             f"{self.log_tail()}")
+
+    def start(self, client: Client, timeout: float = 30.0) -> float:
+        env = os.environ.copy()
+        env.pop("VIRTFLEET_DATABASE_URL", None)  # state must live in our throw-away data dir
+        env["VIRTFLEET_DATA_DIR"] = str(self.data_dir)
+        env["VIRTFLEET_DRIVER"] = "qemu"
+        argv = [sys.executable, "-m", "virtfleet", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--log-level", "warning"]
+        t0 = time.perf_counter()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                client.get("/health")
+                return time.perf_counter() - t0
+            except ApiError:
+                time.sleep(0.05)
+        raise BenchError(f"`virtfleet serve` did not answer /health within {timeout:g}s; log:\n{self.log_tail()}")
+
+    def rss_kib(self) -> int:
+        value = proc_status_kib(self.pid)
+        if value is None:
+            self.check_alive()
+            raise BenchError(f"cannot read VmRSS of serve pid {self.pid}")
+        return value
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    rounds: int
+    vms: int
+    settings: Settings
+    serve: Serve
+    client: Client
+    results: dict[str, Any] = field(default_factory=dict)
+    raw_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    raw_template: list[str] = field(default_factory=list)
+    template_root: str = ""
+    template_id: str = ""
+
+    # API plumbing
+    def wait_ok(self, job: dict[str, Any], what: str, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
+        done = self.client.wait_job(job, timeout=timeout)
+        if done["status"] != "succeeded":
+            raise BenchError(f"{what}: job {done['id']} ({done['kind']}) ended {done['status']}: "
+                             f"[{done.get('error_code')}] {done.get('error')}")
+        return done
+
+    def logs(self, name: str) -> str:
+        text: str = self.client.get(f"/vms/{name}/logs", max_bytes=1 << 20)
+        return text
+
+    def runtime_record(self, vm_id: str) -> dict[str, Any]:
+        path = self.settings.run_dir / vm_id / "runtime.json"
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"cannot read the runtime record {path}: {exc}") from exc
+        return record
+
+    def remove_vm(self, name: str, *, graceful: bool) -> dict[str, Any]:
+        """Shut down (ACPI, forced after 20 s) or stop, then delete; returns the timings."""
+        t0 = time.perf_counter()
+        if graceful:
+            job = self.wait_ok(self.client.post(f"/vms/{name}/shutdown", timeout=20), f"shutdown {name}")
+        else:
+            job = self.wait_ok(self.client.post(f"/vms/{name}/stop"), f"stop {name}")
+        t_down = time.perf_counter() - t0
+        self.wait_ok(self.client.delete(f"/vms/{name}"), f"delete {name}")
+        return {"down_s": t_down, "down_job_s": job_seconds(job), "down_message": job.get("message", "")}
+
+    # 1a. virtfleet boot round
+    def virtfleet_boot(self, name: str, *, keep_template: bool = False) -> dict[str, Any]:
+        vm = self.client.post("/vms", json={"name": name, "memory": "256M", "accel": "tcg"})
+        vm_id = str(vm["id"])
+        t0 = time.perf_counter()
+        job = self.client.post(f"/vms/{name}/start")
+        t_posted = time.perf_counter() - t0
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        polls = 0
+        while True:
+            text = self.logs(name)
+            polls += 1
+            if READY_MARKER in text:
+                t_ready = time.perf_counter() - t0
+                break
+            if time.monotonic() > deadline:
+                self.serve.check_alive()
+                state = self.client.get(f"/vms/{name}")
+                raise BenchError(f"vm {name}: no {READY_MARKER} within {BOOT_TIMEOUT:g}s (state {state['state']}: "
+                                 f"{state['state_reason']}); console ends with: {text[-300:]!r}")
+            time.sleep(POLL)
+        start_job = self.wait_ok(job, f"start {name}")
+        record = self.runtime_record(vm_id)
+        if record.get("accel") != "tcg":
+            raise BenchError(f"vm {name} runs with accel {record.get('accel')!r}, expected tcg")
+        pid = int(record["pid"])
+        sample: dict[str, Any] = {
+            "name": name,
+            "vm_id": vm_id,
+            "ready_s": t_ready,
+            "start_post_s": t_posted,
+            "start_job_s": job_seconds(start_job),
+            "polls": polls,
+            "qemu_pid": pid,
+            "qemu_rss_kib_at_ready": proc_status_kib(pid),
+            "ready_line": ready_line(text),
+        }
+        if keep_template:
+            self.raw_template = [str(arg) for arg in record["argv"]]
+            self.template_root = str(self.settings.run_dir / vm_id)
+            self.template_id = vm_id
+        sample.update(self.remove_vm(name, graceful=True))
+        return sample
+
+    # 1b. raw QEMU round
+    def raw_argv(self, root: Path, new_id: str) -> list[str]:
+        argv: list[str] = []
+        args = iter(self.raw_template)
+        for arg in args:
+            if arg == "-daemonize":
+                continue
+            if arg == "-pidfile":
+                next(args)
+                continue
+            argv.append(arg.replace(self.template_root, str(root)).replace(self.template_id, new_id))
+        return argv
+
+    def raw_boot(self, index: int | str) -> dict[str, Any]:
+        if not self.raw_template:
+            raise BenchError("no argv template: the virtfleet warm-up did not record one")
+        root = self.settings.data_dir / "raw" / str(index)
+        root.mkdir(parents=True, mode=0o700)
+        new_id = str(uuid.uuid4())
+        argv = self.raw_argv(root, new_id)
+        log_path = root / "console.log"
+        stderr_path = root / "qemu.stderr"
+        t0 = time.perf_counter()
+        with stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+        self.raw_procs.append(proc)
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        text = ""
+        polls = 0
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                text = log_path.read_text(errors="replace")
+            polls += 1
+            if READY_MARKER in text:
+                t_ready = time.perf_counter() - t0
+                break
+            if proc.poll() is not None:
+                raise BenchError(f"raw QEMU exited with {proc.returncode}: {stderr_path.read_text()[-500:]}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"raw QEMU: no {READY_MARKER} within {BOOT_TIMEOUT:g}s; log ends {text[-300:]!r}")
+            time.sleep(POLL)
+        rss = proc_status_kib(proc.pid)
+        t1 = time.perf_counter()
+        proc.terminate()  # SIGTERM: QEMU quits cleanly
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        self.raw_procs.remove(proc)
+        return {
+            "index": index,
+            "ready_s": t_ready,
+            "polls": polls,
+            "qemu_pid": proc.pid,
+            "qemu_rss_kib_at_ready": rss,
+            "ready_line": ready_line(text),
+            "down_s": time.perf_counter() - t1,
+        }
+
+    def boot_latency(self, progress: Callable[[str], None]) -> None:
+        boot: dict[str, Any] = {"poll_interval_s": POLL, "virtfleet": [], "raw": [], "warmup": {}}
+        self.results["boot"] = boot
+        progress("warm-up: virtfleet boot (records the argv template)")
+        boot["warmup"]["virtfleet"] = self.virtfleet_boot("warmup", keep_template=True)
+        boot["raw_argv_template"] = self.raw_template
+        progress("warm-up: raw QEMU boot")
+        boot["warmup"]["raw"] = self.raw_boot("warmup")
+        boot["raw_argv_example"] = self.raw_argv(self.settings.data_dir / "raw" / "N", "<fresh-uuid>")
+        for i in range(1, self.rounds + 1):
+            sample = self.virtfleet_boot(f"boot-{i}")
+            boot["virtfleet"].append(sample)
+            raw = self.raw_boot(i)
+            boot["raw"].append(raw)
+            progress(f"round {i}/{self.rounds}: virtfleet {sample['ready_s']:.3f}s, raw {raw['ready_s']:.3f}s")
+        vf = summary([s["ready_s"] for s in boot["virtfleet"]])
+        raw_s = summary([s["ready_s"] for s in boot["raw"]])
+        boot["summary"] = {
+            "virtfleet_ready_s": vf,
+            "raw_ready_s": raw_s,
+            "ratio_median": vf["median"] / raw_s["median"],
+            "overhead_median_s": vf["median"] - raw_s["median"],
+            "virtfleet_start_job_s": summary([s["start_job_s"] for s in boot["virtfleet"] if s["start_job_s"]]),
+            "virtfleet_start_post_s": summary([s["start_post_s"] for s in boot["virtfleet"]]),
+            "virtfleet_shutdown_s": summary([s["down_s"] for s in boot["virtfleet"]]),
+        }
+
+    # 2. memory
+    def sample_rss(self, count: int = 5, interval: float = 0.4) -> list[int]:
+        samples = []
+        for i in range(count):
+            if i:
+                time.sleep(interval)
+            samples.append(self.serve.rss_kib())
+        return samples
+
+    def memory(self, idle_cold: list[int], progress: Callable[[str], None]) -> None:
+        mem: dict[str, Any] = {"vms": self.vms, "vm_memory": "128M", "serve_pid": self.serve.pid}
+        self.results["memory"] = mem
+        mem["serve_rss_idle_cold_kib"] = idle_cold
+        if self.client.get("/vms"):
+            raise BenchError("VMs left over from the boot rounds; the idle measurement would be wrong")
+        time.sleep(1.5)  # let a reconcile pass run with 0 VMs
+        mem["serve_rss_idle_kib"] = self.sample_rss()
+        names = [f"fleet-{i}" for i in range(1, self.vms + 1)]
+        ids = {}
+        for name in names:
+            ids[name] = str(self.client.post("/vms", json={"name": name, "memory": "128M", "accel": "tcg"})["id"])
+        progress(f"starting {self.vms} VMs at once")
+        t0 = time.perf_counter()
+        jobs = {name: self.client.post(f"/vms/{name}/start") for name in names}
+        ready: dict[str, float] = {}
+        deadline = time.monotonic() + 60.0 + 15.0 * self.vms
+        while len(ready) < len(names):
+            for name in names:
+                if name not in ready and READY_MARKER in self.logs(name):
+                    ready[name] = time.perf_counter() - t0
+            if time.monotonic() > deadline:
+                self.serve.check_alive()
+                missing = sorted(set(names) - set(ready))
+                raise BenchError(f"VMs not READY after {deadline - t0:.0f}s: {missing}")
+            time.sleep(FLEET_POLL)
+        mem["fleet_ready_s"] = ready
+        mem["fleet_all_ready_s"] = max(ready.values())
+        mem["fleet_start_jobs_s"] = {name: job_seconds(self.wait_ok(job, f"start {name}"))
+                                     for name, job in jobs.items()}
+        progress(f"all {self.vms} VMs READY after {mem['fleet_all_ready_s']:.1f}s; sampling RSS")
+        time.sleep(2.0)  # a couple of reconcile passes over all VMs
+        states = {vm["name"]: vm["state"] for vm in self.client.get("/vms")}
+        mem["vm_states"] = states
+        if any(states.get(name) != "running" for name in names):
+            raise BenchError(f"not every VM is running: {states}")
+        mem["serve_rss_fleet_kib"] = self.sample_rss()
+        qemu_rss: dict[str, int | None] = {}
+        for name, vm_id in ids.items():
+            pid = int(self.runtime_record(vm_id)["pid"])
+            qemu_rss[name] = proc_status_kib(pid)
+        mem["qemu_rss_kib"] = qemu_rss
+        idle = statistics.median(mem["serve_rss_idle_kib"])
+        fleet = statistics.median(mem["serve_rss_fleet_kib"])
+        per_vm_qemu = [v for v in qemu_rss.values() if v is not None]
+        mem["summary"] = {
+            "serve_rss_idle_cold_kib": statistics.median(idle_cold),
+            "serve_rss_idle_kib": idle,
+            "serve_rss_fleet_kib": fleet,
+            "serve_growth_per_vm_kib": (fleet - idle) / self.vms,
+            "qemu_rss_kib": summary([float(v) for v in per_vm_qemu]),
+            "qemu_rss_total_kib": sum(per_vm_qemu),
+        }
+        progress("stopping and deleting the fleet")
+        t1 = time.perf_counter()
+        stops = [self.client.post(f"/vms/{name}/stop") for name in names]
+        for name, job in zip(names, stops, strict=True):
+            self.wait_ok(job, f"stop {name}")
+        deletes = [self.client.delete(f"/vms/{name}") for name in names]
+        for name, job in zip(names, deletes, strict=True):
+            self.wait_ok(job, f"delete {name}")
+        mem["fleet_teardown_s"] = time.perf_counter() - t1
+        time.sleep(1.5)
+        mem["serve_rss_after_teardown_kib"] = self.sample_rss(3)
+        mem["serve_vm_hwm_kib"] = proc_status_kib(self.serve.pid, "VmHWM")
+
+    # cleanup
+    def cleanup(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"api_removed": [], "killed_qemu_pids": [], "errors": []}
+        for proc in self.raw_procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+                report["killed_qemu_pids"].append(proc.pid)
+        if self.serve.proc is not None and self.serve.proc.poll() is None:
+            try:
+                for vm in self.client.get("/vms"):
+                    with contextlib.suppress(ApiError, BenchError):
+                        self.client.wait_job(self.client.delete(f"/vms/{vm['name']}", force=True), timeout=20)
+                        report["api_removed"].append(vm["name"])
+            except ApiError as error:
+                report["errors"].append(f"listing VMs for cleanup: {error.message}")
+        self.serve.stop()
+        marker = str(self.settings.data_dir)
+        for pid in our_qemu_pids(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                report["killed_qemu_pids"].append(pid)
+        deadline = time.monotonic() + 5
+        while our_qemu_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        report["qemu_left"] = our_qemu_pids(marker)
+        return report
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+def _s(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def render(results: dict[str, Any]) -> None:
+    facts = results["machine"]
+    console.print(f"[bold]machine:[/bold] {facts['cpu_count']} CPUs ({facts['cpu_model']}), {facts['memory_mib']} MiB, "
+                  f"kernel {facts['kernel']}; {facts['qemu_version']}; accel={facts['accel']}; "
+                  f"virtfleet {facts['virtfleet_version']}, Python {facts['python']}")
+    boot = results.get("boot", {}).get("summary")
+    if boot:
+        table = Table(title=f"Boot to {READY_MARKER} (seconds, {results['config']['rounds']} rounds each, "
+                      f"poll {POLL * 1000:.0f} ms)")
+        for column in ("", "median", "min", "max", "mean"):
+            table.add_column(column, justify="left" if not column else "right")
+        rows = [
+            ("virtfleet (POST start -> marker in /logs)", boot["virtfleet_ready_s"]),
+            ("raw QEMU (spawn -> marker in console.log)", boot["raw_ready_s"]),
+            ("  virtfleet start job (server side)", boot["virtfleet_start_job_s"]),
+            ("  virtfleet POST /start round trip", boot["virtfleet_start_post_s"]),
+            ("  virtfleet ACPI shutdown (job wait)", boot["virtfleet_shutdown_s"]),
+        ]
+        for label, stats in rows:
+            if stats:
+                table.add_row(label, _s(stats["median"]), _s(stats["min"]), _s(stats["max"]), _s(stats["mean"]))
+        table.add_row("[bold]ratio virtfleet / raw (medians)[/bold]", f"[bold]{boot['ratio_median']:.3f}[/bold]",
+                      "", "", "")
+        table.add_row("overhead (difference of medians)", _s(boot["overhead_median_s"]), "", "", "")
+        console.print(table)
+    mem = results.get("memory", {}).get("summary")
+    if mem:
+        m = results["memory"]
+        table = Table(title=f"Memory (MiB RSS), {m['vms']} VMs of {m['vm_memory']}")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        table.add_row("virtfleet serve, just started", _mib(mem["serve_rss_idle_cold_kib"]))
+        table.add_row("virtfleet serve, idle, 0 VMs (after boot rounds)", _mib(mem["serve_rss_idle_kib"]))
+        table.add_row(f"virtfleet serve, {m['vms']} VMs running", _mib(mem["serve_rss_fleet_kib"]))
+        table.add_row("[bold]serve growth per VM[/bold]", f"[bold]{_mib(mem['serve_growth_per_vm_kib'])}[/bold]")
+        q = mem["qemu_rss_kib"]
+        table.add_row("QEMU per VM, median (min-max)", f"{_mib(q['median'])} ({_mib(q['min'])}-{_mib(q['max'])})")
+        table.add_row(f"QEMU total, {m['vms']} VMs", _mib(mem["qemu_rss_total_kib"]))
+        table.add_row("serve after teardown (median)", _mib(statistics.median(m["serve_rss_after_teardown_kib"])))
+        table.add_row("serve VmHWM", _mib(m["serve_vm_hwm_kib"] or 0))
+        table.add_row(f"all {m['vms']} VMs READY after (s, started together)", f"{m['fleet_all_ready_s']:.1f}")
+        console.print(table)
+
+
+@contextlib.contextmanager
+def data_dir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="vfb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        if keep:
+            console.print(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5, help="counted boot rounds of each kind (default 5)")
+    parser.add_argument("--vms", type=int, default=10, help="VMs for the memory phase (default 10; 0 skips it)")
+    parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "results" / "boot.json")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (logs, run dirs) for a look")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.vms < 0:
+        parser.error("--rounds must be >= 1 and --vms >= 0")
+
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
+
+    results: dict[str, Any] = {
+        "benchmark": "boot",
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "config": {"rounds": args.rounds, "vms": args.vms, "poll_interval_s": POLL},
+        "errors": [],
+    }
+    status = 0
+    with data_dir(args.keep) as path:
+        settings = Settings.from_env(data_dir=path, driver="qemu", port=free_port())
+        results["machine"] = machine_facts(settings.qemu_binary)
+        results["config"]["data_dir"] = str(path)
+        serve = Serve(path, settings.port, path / "serve.log")
+        client = Client(serve.url, timeout=30)
+        bench = Bench(args.rounds, args.vms, settings, serve, client, results)
+        try:
+            progress(f"building the tiny image into {settings.images_dir / 'tiny'}")
+            t0 = time.perf_counter()
+            image = build_tiny_image(settings.images_dir / "tiny")
+            results["image"] = {
+                "kernel_release": image.kernel_release, "build_s": time.perf_counter() - t0,
+                "kernel_bytes": image.kernel.stat().st_size, "initrd_bytes": image.initrd.stat().st_size,
+            }
+            progress(f"starting `virtfleet serve` on port {serve.port}")
+            results["serve_startup_s"] = serve.start(client)
+            idle_cold = bench.sample_rss(3, 0.3)
+            results["host_api"] = client.get("/host")
+            bench.boot_latency(progress)
+            if args.vms:
+                bench.memory(idle_cold, progress)
+        except (ApiError, BenchError) as error:
+            status = 1
+            detail: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+            if isinstance(error, ApiError):
+                detail.update(status=error.status, code=error.code, body=error.body)
+            detail["serve_log_tail"] = serve.log_tail()
+            results["errors"].append(detail)
+            console.print(f"[red]error:[/red] {detail}")
+        except KeyboardInterrupt:
+            status = 130
+            results["errors"].append({"type": "KeyboardInterrupt", "message": "interrupted"})
+        finally:
+            results["cleanup"] = bench.cleanup()
+            client.close()
+            results["duration_s"] = time.perf_counter() - started
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    render(results)
+    cleanup = results["cleanup"]
+    left = cleanup["qemu_left"]
+    console.print(f"cleanup: {'no benchmark QEMU left' if not left else f'[red]QEMU still alive: {left}[/red]'}"
+                  f" (killed by pid: {cleanup['killed_qemu_pids'] or 'none'}); total {results['duration_s']:.1f}s; "
+                  f"JSON: {args.json_out}")
+    return status if not left else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

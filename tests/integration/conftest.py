@@ -1,0 +1,142 @@
+"""Real QEMU under TCG behind a real `virtfleet serve` process (so it can be SIGKILLed and restarted)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+READY = "VIRTFLEET-READY"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def qemu_pids(data_dir: Path) -> list[int]:
+    """QEMU processes whose command line points into this data directory."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"qemu-system-x86_64") and any(str(data_dir).encode() in a for a in args):
+            pids.append(int(proc.name))
+    return pids
+
+
+@dataclass
+class Daemon:
+    """One `virtfleet serve` process on a data directory, restartable like a real host daemon."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def start(self) -> None:
+        log = (self.data_dir / "serve.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "virtfleet", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"virtfleet serve did not come up: {(self.data_dir / 'serve.log').read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    # --- API helpers ---------------------------------------------------------------------------------------
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.url}{path}", timeout=60, **kwargs)
+
+    def job(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Submit a job and wait for it; return the finished job."""
+        response = self.call(method, path, **kwargs)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        done = self.call("GET", f"/jobs/{job_id}", params={"wait": 60}).json()
+        assert done["status"] in ("succeeded", "failed"), done
+        return dict(done)
+
+    def ok(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        done = self.job(method, path, **kwargs)
+        assert done["status"] == "succeeded", done
+        return done
+
+    def vm(self, name: str) -> dict[str, Any]:
+        response = self.call("GET", f"/vms/{name}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def logs(self, name: str) -> str:
+        return self.call("GET", f"/vms/{name}/logs").text
+
+    def wait_log(self, name: str, pattern: str, count: int = 1, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.logs(name)
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            assert time.monotonic() < deadline, f"no {pattern!r} x{count} in the console of {name}:\n{text[-2000:]}"
+            time.sleep(0.1)
+
+    def wait_state(self, name: str, states: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        vm = self.vm(name)
+        while vm["state"] not in states and time.monotonic() < deadline:
+            time.sleep(0.05)
+            vm = self.vm(name)
+        return vm
+
+
+@pytest.fixture
+def daemon(short_tmp: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
+    (short_tmp / "images").mkdir()
+    (short_tmp / "images" / "tiny").symlink_to(tiny_image_dir)
+    server = Daemon(short_tmp)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for pid in qemu_pids(short_tmp):  # never leave a guest behind, whatever the test did
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,167 @@
+"""The whole product on real QEMU under TCG: the REST API of a `virtfleet serve` process driving guests.
+
+Few boots on purpose (each is ~2 s under TCG): every test checks several things on the VMs it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from tests.integration.conftest import READY, Daemon, qemu_pids
+
+pytestmark = pytest.mark.integration
+
+
+def last_tick(text: str) -> int:
+    ticks = re.findall(r"virtfleet-tick (\d+)", text)
+    return int(ticks[-1]) if ticks else 0
+
+
+def console_run(daemon: Daemon, name: str, command: str, expect: str, timeout: float = 20) -> str:
+    """Type a command on the serial console over the WebSocket and read until `expect` shows."""
+    with connect(f"ws://127.0.0.1:{daemon.port}/api/v1/vms/{name}/console", open_timeout=10) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        assert hello == {"type": "attached", "vm": name}
+        ws.send(f"{command}\n".encode())
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while expect.encode() not in seen:
+            assert time.monotonic() < deadline, f"no {expect!r} on the console of {name}: {seen[-500:]!r}"
+            frame = ws.recv(timeout=timeout)
+            seen += frame if isinstance(frame, bytes) else frame.encode()
+        return seen.decode(errors="replace")
+
+
+def test_lifecycle_of_a_real_guest(daemon: Daemon) -> None:
+    pool = daemon.data_dir / "pools" / "default"
+    pool.mkdir(parents=True, exist_ok=True)
+    disk = pool / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    spec = {"name": "life", "cpus": 1, "memory": "256M", "kernel_args": "virtfleet.ticks=1",
+            "disks": [{"path": str(disk), "format": "qcow2"}]}
+    assert daemon.call("POST", "/vms", json=spec).status_code == 201
+
+    started = daemon.ok("POST", "/vms/life/start")
+    vm = daemon.vm("life")
+    assert vm["state"] == "running" and vm["accel"] == "tcg"
+    # KVM is not usable on these machines: the fallback is said out loud, not silent.
+    assert "KVM is not usable" in started["message"]
+    daemon.wait_log("life", rf"{READY} hostname=life kernel=\S+")
+
+    # The qcow2 disk from the pool is attached through virtio-mmio and visible in the guest.
+    console_run(daemon, "life", "ls /sys/block; echo disks-$((6*7))", "disks-42")
+    assert "vda" in daemon.logs("life")
+
+    # Refusals name the current state and change nothing.
+    again = daemon.call("POST", "/vms/life/start")
+    assert again.status_code == 409 and "running" in again.json()["error"]["message"]
+    refused = daemon.call("DELETE", "/vms/life")
+    assert refused.status_code == 409 and "running" in refused.json()["error"]["message"]
+
+    # Paused means the guest's clock loop stops printing ticks; resumed, it goes on.
+    daemon.wait_log("life", r"virtfleet-tick 2\b")
+    daemon.ok("POST", "/vms/life/pause")
+    assert daemon.vm("life")["state"] == "paused"
+    frozen = last_tick(daemon.logs("life"))
+    time.sleep(2.5)
+    assert last_tick(daemon.logs("life")) <= frozen + 1  # at most one tick already in flight
+    daemon.ok("POST", "/vms/life/resume")
+    daemon.wait_log("life", rf"virtfleet-tick {frozen + 2}\b", timeout=20)
+
+    # ACPI shutdown: the guest's acpid powers it off long before the timeout.
+    done = daemon.ok("POST", "/vms/life/shutdown", params={"timeout": 60})
+    assert "guest powered off" in done["message"]
+    assert daemon.vm("life")["state"] == "stopped"
+    assert "power button pressed" in daemon.logs("life")  # history outlives the guest
+    assert qemu_pids(daemon.data_dir) == []
+
+    daemon.ok("DELETE", "/vms/life")
+    assert daemon.call("GET", "/vms/life").status_code == 404
+    assert not any((daemon.data_dir / "run").iterdir())
+
+
+def test_daemon_sigkill_readopts_guests_and_a_killed_qemu_is_noticed(daemon: Daemon) -> None:
+    for name, machine in (("a1", "microvm"), ("b2", "q35")):
+        assert daemon.call("POST", "/vms", json={"name": name, "memory": "192M", "machine": machine}).status_code == 201
+        daemon.ok("POST", f"/vms/{name}/start")
+    for name in ("a1", "b2"):
+        daemon.wait_log(name, rf"{READY} hostname={name}")
+    pids = {name: daemon.vm(name) for name in ("a1", "b2")}
+    before = sorted(qemu_pids(daemon.data_dir))
+    assert len(before) == 2
+
+    daemon.kill()  # SIGKILL: no clean-up of any kind
+    assert sorted(qemu_pids(daemon.data_dir)) == before  # the guests do not die with the daemon
+    daemon.start()
+
+    vms = daemon.call("GET", "/vms").json()
+    assert sorted(v["name"] for v in vms) == ["a1", "b2"]  # no duplicates, nothing lost
+    assert all(v["state"] == "running" for v in vms), vms
+    assert sorted(qemu_pids(daemon.data_dir)) == before  # no second QEMU started, none orphaned
+    events = [e["kind"] for e in daemon.call("GET", "/vms/a1/events").json()]
+    assert "adopted" in events
+    # Console and QMP work through the new daemon.
+    console_run(daemon, "b2", "echo back-$((6*7))", "back-42")
+    daemon.ok("POST", "/vms/a1/pause")
+    daemon.ok("POST", "/vms/a1/resume")
+
+    # A QEMU killed behind our back shows up as crashed within 2 seconds, with the reason recorded.
+    runtime = json.loads((daemon.data_dir / "run" / pids["a1"]["id"] / "runtime.json").read_text())
+    os.kill(runtime["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    vm = daemon.wait_state("a1", ("crashed", "stopped"), timeout=5)
+    noticed = time.monotonic() - killed_at
+    assert vm["state"] in ("crashed", "stopped") and noticed < 2.0, (vm, noticed)
+    messages = " ".join(e["message"] for e in daemon.call("GET", "/vms/a1/events").json())
+    assert "died" in messages
+
+    # A crashed VM can be started again, and force-delete removes a running one.
+    daemon.ok("POST", "/vms/a1/start")
+    daemon.wait_log("a1", rf"{READY} hostname=a1", count=2)
+    assert daemon.call("POST", "/vms/b2/stop").status_code == 202
+    daemon.wait_state("b2", ("stopped",), timeout=10)
+    daemon.ok("DELETE", "/vms/a1", params={"force": "true"})
+    daemon.ok("DELETE", "/vms/b2")
+    assert daemon.call("GET", "/vms").json() == []
+    assert qemu_pids(daemon.data_dir) == []
+
+
+def test_the_cli_drives_a_real_guest(daemon: Daemon, tmp_path: Path) -> None:
+    """The README's commands, through the real CLI binary: --json output, one-line errors, exit codes."""
+    env = {**os.environ, "VIRTFLEET_URL": f"http://127.0.0.1:{daemon.port}"}
+
+    binary = Path(sys.executable).with_name("virtfleet")  # the console script installed beside this Python
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binary), *args], env=env, capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, check=False)
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: cli1\ncpus: 1\nmemory: 192M\nmachine: microvm\nimage: tiny\n")
+    created = cli("vm", "create", "-f", str(spec), "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["name"] == "cli1"
+    started = cli("vm", "start", "cli1", "--json")
+    assert started.returncode == 0 and json.loads(started.stdout)["status"] == "succeeded"
+    daemon.wait_log("cli1", rf"{READY} hostname=cli1")
+    listed = json.loads(cli("vm", "list", "--json").stdout)
+    assert [(v["name"], v["state"]) for v in listed] == [("cli1", "running")]
+    refused = cli("vm", "delete", "cli1")
+    assert refused.returncode != 0 and "running" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    logs = cli("vm", "logs", "cli1")
+    assert f"{READY} hostname=cli1" in logs.stdout
+    stopped = cli("vm", "shutdown", "cli1", "--timeout", "60")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(cli("vm", "show", "cli1", "--json").stdout)["state"] == "stopped"
+    assert cli("vm", "delete", "cli1").returncode == 0
+
