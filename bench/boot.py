@@ -80,6 +80,22 @@ def proc_status_kib(pid: int, field_name: str = "VmRSS") -> int | None:
     return None
 
 
+def proc_memory(pid: int) -> dict[str, int]:
+    """VmRSS and its split (RssAnon, RssFile, RssShmem) from /proc/<pid>/status, plus Pss from smaps_rollup (kiB).
+
+    QEMU's VmRSS counts the page-cache pages of the kernel file it maps, which every VM shares; Pss splits them."""
+    memory: dict[str, int] = {}
+    for field_name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+        value = proc_status_kib(pid, field_name)
+        if value is not None:
+            memory[field_name] = value
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                memory["Pss"] = int(line.split()[1])
+    return memory
+
+
 def proc_cmdline(pid: int) -> list[str]:
     try:
         return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
@@ -311,7 +327,7 @@ class Bench:
             "start_job_s": job_seconds(start_job),
             "polls": polls,
             "qemu_pid": pid,
-            "qemu_rss_kib_at_ready": proc_status_kib(pid),
+            "qemu_memory_kib_at_ready": proc_memory(pid),
             "ready_line": ready_line(text),
         }
         if keep_template:
@@ -362,7 +378,7 @@ class Bench:
             if time.monotonic() > deadline:
                 raise BenchError(f"raw QEMU: no {READY_MARKER} within {BOOT_TIMEOUT:g}s; log ends {text[-300:]!r}")
             time.sleep(POLL)
-        rss = proc_status_kib(proc.pid)
+        rss = proc_memory(proc.pid)
         t1 = time.perf_counter()
         proc.terminate()  # SIGTERM: QEMU quits cleanly
         try:
@@ -376,7 +392,7 @@ class Bench:
             "ready_s": t_ready,
             "polls": polls,
             "qemu_pid": proc.pid,
-            "qemu_rss_kib_at_ready": rss,
+            "qemu_memory_kib_at_ready": rss,
             "ready_line": ready_line(text),
             "down_s": time.perf_counter() - t1,
         }
@@ -425,6 +441,7 @@ class Bench:
             raise BenchError("VMs left over from the boot rounds; the idle measurement would be wrong")
         time.sleep(1.5)  # let a reconcile pass run with 0 VMs
         mem["serve_rss_idle_kib"] = self.sample_rss()
+        mem["serve_memory_idle_kib"] = proc_memory(self.serve.pid)
         names = [f"fleet-{i}" for i in range(1, self.vms + 1)]
         ids = {}
         for name in names:
@@ -454,21 +471,27 @@ class Bench:
         if any(states.get(name) != "running" for name in names):
             raise BenchError(f"not every VM is running: {states}")
         mem["serve_rss_fleet_kib"] = self.sample_rss()
-        qemu_rss: dict[str, int | None] = {}
+        mem["serve_memory_fleet_kib"] = proc_memory(self.serve.pid)
+        qemu_mem: dict[str, dict[str, int]] = {}
         for name, vm_id in ids.items():
-            pid = int(self.runtime_record(vm_id)["pid"])
-            qemu_rss[name] = proc_status_kib(pid)
-        mem["qemu_rss_kib"] = qemu_rss
+            qemu_mem[name] = proc_memory(int(self.runtime_record(vm_id)["pid"]))
+        mem["qemu_memory_kib"] = qemu_mem
         idle = statistics.median(mem["serve_rss_idle_kib"])
         fleet = statistics.median(mem["serve_rss_fleet_kib"])
-        per_vm_qemu = [v for v in qemu_rss.values() if v is not None]
+
+        def per_vm(key: str) -> list[float]:
+            return [float(m[key]) for m in qemu_mem.values() if key in m]
+
         mem["summary"] = {
             "serve_rss_idle_cold_kib": statistics.median(idle_cold),
             "serve_rss_idle_kib": idle,
             "serve_rss_fleet_kib": fleet,
             "serve_growth_per_vm_kib": (fleet - idle) / self.vms,
-            "qemu_rss_kib": summary([float(v) for v in per_vm_qemu]),
-            "qemu_rss_total_kib": sum(per_vm_qemu),
+            "qemu_rss_kib": summary(per_vm("VmRSS")),
+            "qemu_rss_anon_kib": summary(per_vm("RssAnon")),
+            "qemu_pss_kib": summary(per_vm("Pss")),
+            "qemu_rss_total_kib": sum(per_vm("VmRSS")),
+            "qemu_pss_total_kib": sum(per_vm("Pss")),
         }
         progress("stopping and deleting the fleet")
         t1 = time.perf_counter()
@@ -558,9 +581,14 @@ def render(results: dict[str, Any]) -> None:
         table.add_row("virtfleet serve, idle, 0 VMs (after boot rounds)", _mib(mem["serve_rss_idle_kib"]))
         table.add_row(f"virtfleet serve, {m['vms']} VMs running", _mib(mem["serve_rss_fleet_kib"]))
         table.add_row("[bold]serve growth per VM[/bold]", f"[bold]{_mib(mem['serve_growth_per_vm_kib'])}[/bold]")
-        q = mem["qemu_rss_kib"]
-        table.add_row("QEMU per VM, median (min-max)", f"{_mib(q['median'])} ({_mib(q['min'])}-{_mib(q['max'])})")
-        table.add_row(f"QEMU total, {m['vms']} VMs", _mib(mem["qemu_rss_total_kib"]))
+        for label, key in (("QEMU per VM, VmRSS", "qemu_rss_kib"), ("QEMU per VM, RssAnon (guest RAM + TCG)",
+                           "qemu_rss_anon_kib"), ("QEMU per VM, Pss (shared kernel file split)", "qemu_pss_kib")):
+            q = mem[key]
+            if q:
+                table.add_row(f"{label}, median (min-max)",
+                              f"{_mib(q['median'])} ({_mib(q['min'])}-{_mib(q['max'])})")
+        table.add_row(f"QEMU total VmRSS / Pss, {m['vms']} VMs",
+                      f"{_mib(mem['qemu_rss_total_kib'])} / {_mib(mem['qemu_pss_total_kib'])}")
         table.add_row("serve after teardown (median)", _mib(statistics.median(m["serve_rss_after_teardown_kib"])))
         table.add_row("serve VmHWM", _mib(m["serve_vm_hwm_kib"] or 0))
         table.add_row(f"all {m['vms']} VMs READY after (s, started together)", f"{m['fleet_all_ready_s']:.1f}")

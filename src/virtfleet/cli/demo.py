@@ -3,6 +3,7 @@ VM and show its serial console until the guest is up."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def demo(
         _ensure_server(client, as_json=as_json)
         host = client.get("/host")
         if not host["kvm_usable"]:
-            err.print(f"[yellow]warning:[/yellow] {host['kvm_reason']}")
+            err.print(f"[yellow]warning:[/yellow] KVM is not usable here ({host['kvm_reason']}); "
+                      "VMs run under TCG software emulation, which is much slower")
         if not client.get("/images/tiny")["built"]:
             _wait_job(client, client.post("/images/tiny/build"), "building image tiny", as_json=as_json)
         try:
@@ -86,8 +88,6 @@ def demo(
         fail(f"the guest printed no readiness line within {timeout:g}s; see `virtfleet vm logs {name}`",
              as_json=as_json)
     if as_json:
-        import json
-
         print(json.dumps({"vm": vm, "ready_line": ready}, indent=2))
         return
     out.print(f"\n[green]{name} is up[/green] ({vm['state']}, accel {vm['accel']}). Next:")
