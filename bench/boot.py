@@ -53,7 +53,7 @@ FLEET_POLL = 0.25  # the memory phase only needs "all ready", not a precise time
 BOOT_TIMEOUT = 60.0
 JOB_TIMEOUT = 60.0
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 110)
 
 
 class BenchError(Exception):
@@ -94,6 +94,22 @@ def proc_memory(pid: int) -> dict[str, int]:
             if line.startswith("Pss:"):
                 memory["Pss"] = int(line.split()[1])
     return memory
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU time of a process so far (seconds)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def file_has_marker(path: Path) -> bool:
+    try:
+        return READY_MARKER.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 def proc_cmdline(pid: int) -> list[str]:
@@ -297,12 +313,17 @@ class Bench:
     def virtfleet_boot(self, name: str, *, keep_template: bool = False) -> dict[str, Any]:
         vm = self.client.post("/vms", json={"name": name, "memory": "256M", "accel": "tcg"})
         vm_id = str(vm["id"])
+        console_log = self.settings.run_dir / vm_id / "console.log"
+        serve_cpu0, client_cpu0 = proc_cpu_s(self.serve.pid) or 0.0, time.process_time()
         t0 = time.perf_counter()
         job = self.client.post(f"/vms/{name}/start")
         t_posted = time.perf_counter() - t0
         deadline = time.monotonic() + BOOT_TIMEOUT
         polls = 0
+        t_file: float | None = None  # diagnostic: when the marker reached console.log, seen from the same loop
         while True:
+            if t_file is None and file_has_marker(console_log):
+                t_file = time.perf_counter() - t0
             text = self.logs(name)
             polls += 1
             if READY_MARKER in text:
@@ -314,19 +335,27 @@ class Bench:
                 raise BenchError(f"vm {name}: no {READY_MARKER} within {BOOT_TIMEOUT:g}s (state {state['state']}: "
                                  f"{state['state_reason']}); console ends with: {text[-300:]!r}")
             time.sleep(POLL)
-        start_job = self.wait_ok(job, f"start {name}")
+        serve_cpu = (proc_cpu_s(self.serve.pid) or 0.0) - serve_cpu0
+        client_cpu = time.process_time() - client_cpu0
         record = self.runtime_record(vm_id)
+        pid = int(record["pid"])
+        qemu_cpu = proc_cpu_s(pid)
+        start_job = self.wait_ok(job, f"start {name}")
         if record.get("accel") != "tcg":
             raise BenchError(f"vm {name} runs with accel {record.get('accel')!r}, expected tcg")
-        pid = int(record["pid"])
         sample: dict[str, Any] = {
             "name": name,
             "vm_id": vm_id,
             "ready_s": t_ready,
+            # The marker was in console.log by then; None when it reached the file and the API in the same poll.
+            "marker_in_file_s": t_file,
             "start_post_s": t_posted,
             "start_job_s": job_seconds(start_job),
             "polls": polls,
+            "serve_cpu_s": serve_cpu,
+            "bench_client_cpu_s": client_cpu,
             "qemu_pid": pid,
+            "qemu_cpu_s_at_ready": qemu_cpu,
             "qemu_memory_kib_at_ready": proc_memory(pid),
             "ready_line": ready_line(text),
         }
@@ -379,6 +408,7 @@ class Bench:
                 raise BenchError(f"raw QEMU: no {READY_MARKER} within {BOOT_TIMEOUT:g}s; log ends {text[-300:]!r}")
             time.sleep(POLL)
         rss = proc_memory(proc.pid)
+        qemu_cpu = proc_cpu_s(proc.pid)
         t1 = time.perf_counter()
         proc.terminate()  # SIGTERM: QEMU quits cleanly
         try:
@@ -392,6 +422,7 @@ class Bench:
             "ready_s": t_ready,
             "polls": polls,
             "qemu_pid": proc.pid,
+            "qemu_cpu_s_at_ready": qemu_cpu,
             "qemu_memory_kib_at_ready": rss,
             "ready_line": ready_line(text),
             "down_s": time.perf_counter() - t1,
@@ -422,6 +453,13 @@ class Bench:
             "virtfleet_start_job_s": summary([s["start_job_s"] for s in boot["virtfleet"] if s["start_job_s"]]),
             "virtfleet_start_post_s": summary([s["start_post_s"] for s in boot["virtfleet"]]),
             "virtfleet_shutdown_s": summary([s["down_s"] for s in boot["virtfleet"]]),
+            "virtfleet_marker_in_file_s": summary(
+                [s["marker_in_file_s"] for s in boot["virtfleet"] if s["marker_in_file_s"] is not None]),
+            "virtfleet_serve_cpu_s": summary([s["serve_cpu_s"] for s in boot["virtfleet"]]),
+            "virtfleet_qemu_cpu_s": summary(
+                [s["qemu_cpu_s_at_ready"] for s in boot["virtfleet"] if s["qemu_cpu_s_at_ready"] is not None]),
+            "raw_qemu_cpu_s": summary(
+                [s["qemu_cpu_s_at_ready"] for s in boot["raw"] if s["qemu_cpu_s_at_ready"] is not None]),
         }
 
     # 2. memory
@@ -560,9 +598,13 @@ def render(results: dict[str, Any]) -> None:
         rows = [
             ("virtfleet (POST start -> marker in /logs)", boot["virtfleet_ready_s"]),
             ("raw QEMU (spawn -> marker in console.log)", boot["raw_ready_s"]),
+            ("  virtfleet, marker already in console.log", boot["virtfleet_marker_in_file_s"]),
             ("  virtfleet start job (server side)", boot["virtfleet_start_job_s"]),
             ("  virtfleet POST /start round trip", boot["virtfleet_start_post_s"]),
             ("  virtfleet ACPI shutdown (job wait)", boot["virtfleet_shutdown_s"]),
+            ("  CPU: serve process during a virtfleet boot", boot["virtfleet_serve_cpu_s"]),
+            ("  CPU: QEMU at READY, virtfleet", boot["virtfleet_qemu_cpu_s"]),
+            ("  CPU: QEMU at READY, raw", boot["raw_qemu_cpu_s"]),
         ]
         for label, stats in rows:
             if stats:
@@ -580,9 +622,10 @@ def render(results: dict[str, Any]) -> None:
         table.add_row("virtfleet serve, just started", _mib(mem["serve_rss_idle_cold_kib"]))
         table.add_row("virtfleet serve, idle, 0 VMs (after boot rounds)", _mib(mem["serve_rss_idle_kib"]))
         table.add_row(f"virtfleet serve, {m['vms']} VMs running", _mib(mem["serve_rss_fleet_kib"]))
-        table.add_row("[bold]serve growth per VM[/bold]", f"[bold]{_mib(mem['serve_growth_per_vm_kib'])}[/bold]")
-        for label, key in (("QEMU per VM, VmRSS", "qemu_rss_kib"), ("QEMU per VM, RssAnon (guest RAM + TCG)",
-                           "qemu_rss_anon_kib"), ("QEMU per VM, Pss (shared kernel file split)", "qemu_pss_kib")):
+        growth = mem["serve_growth_per_vm_kib"]
+        table.add_row("[bold]serve growth per VM[/bold]", f"[bold]{_mib(growth)} ({growth:.0f} KiB)[/bold]")
+        for label, key in (("QEMU per VM, VmRSS", "qemu_rss_kib"), ("QEMU per VM, RssAnon (guest RAM, TCG code)",
+                           "qemu_rss_anon_kib"), ("QEMU per VM, Pss (shared pages split)", "qemu_pss_kib")):
             q = mem[key]
             if q:
                 table.add_row(f"{label}, median (min-max)",

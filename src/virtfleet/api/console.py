@@ -34,27 +34,30 @@ async def console(websocket: WebSocket, ref: str) -> None:
     await websocket.send_json({"type": "attached", "vm": vm.name})
 
     async def guest_to_client() -> None:
-        while data := await reader.read(4096):
-            await websocket.send_bytes(data)
+        with contextlib.suppress(ConnectionError, OSError, WebSocketDisconnect, RuntimeError):
+            while data := await reader.read(4096):
+                await websocket.send_bytes(data)
 
     async def client_to_guest() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            payload = message.get("bytes") or (message.get("text") or "").encode()
-            writer.write(payload)
-            await writer.drain()
+        with contextlib.suppress(ConnectionError, OSError, WebSocketDisconnect, RuntimeError):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                payload = message.get("bytes") or (message.get("text") or "").encode()
+                writer.write(payload)
+                await writer.drain()
 
-    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    guest_side = asyncio.create_task(guest_to_client())
+    client_side = asyncio.create_task(client_to_guest())
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((guest_side, client_side), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # No awaits here: when the client is gone the server may cancel us at any point, and the pumps must
+        # still stop and the console be released for the next client.
+        guest_side.cancel()
+        client_side.cancel()
         writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+    if guest_side.done() and not client_side.done():  # the guest side closed (QEMU exited): tell the client
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await websocket.close()
+            await websocket.close(code=1000, reason="console closed: the VM stopped")
