@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.contract.conftest import CONSOLE_TAIL, READY_MARKER, DriverEnv, ready_line
-from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver, HostInfo
+from virtfleet.drivers.base import BOOT_SEPARATOR, ConsoleStreams, DomainStatus, Driver, HostInfo
 from virtfleet.errors import Conflict, NotFound
 from virtfleet.model.vm import VmState
 
@@ -159,6 +159,13 @@ async def test_reboot_then_stop_keeps_console_history(env: DriverEnv) -> None:
     history = await driver.console_log(vm_id, CONSOLE_TAIL)
     assert history.count(ready_line(spec.name).encode()) == 2
     assert await driver.console_log(vm_id, 10) == history[-10:]
+
+    # Starting again appends to the history after a boot separator, so this boot's output can be told apart.
+    await driver.start(vm_id, spec, env.boot(spec))
+    await env.wait_console(vm_id, ready_line(spec.name), env.boot_timeout, count=3)
+    history = await driver.console_log(vm_id, CONSOLE_TAIL)
+    this_boot = history[history.rindex(BOOT_SEPARATOR.encode()) :]
+    assert history.count(BOOT_SEPARATOR.encode()) == 2 and this_boot.count(ready_line(spec.name).encode()) == 1
 
 
 async def test_killed_hypervisor_is_reported_down(env: DriverEnv) -> None:

@@ -15,6 +15,7 @@ import typer
 from virtfleet.cli.output import err, fail, out, state
 from virtfleet.client import ApiError, Client
 from virtfleet.config import Settings
+from virtfleet.drivers.base import BOOT_SEPARATOR
 
 READY_MARKER = "VIRTFLEET-READY"
 
@@ -97,11 +98,12 @@ def demo(
 
 
 def _follow_console(client: Client, name: str, timeout: float, *, echo: bool) -> str:
-    """Print the console history as it grows until the readiness line shows; return what was seen."""
+    """Print this boot's console output as it grows until the readiness line shows; return what was seen."""
     seen = ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text: str = client.get(f"/vms/{name}/logs", max_bytes=1 << 20)
+        history: str = client.get(f"/vms/{name}/logs", max_bytes=1 << 20)
+        text = history[history.rfind(BOOT_SEPARATOR):] if BOOT_SEPARATOR in history else history
         if echo and len(text) > len(seen):
             sys.stdout.write(text[len(seen):] if text.startswith(seen) else text)
             sys.stdout.flush()

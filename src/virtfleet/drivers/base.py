@@ -70,6 +70,9 @@ class DriverConfig:
 
 ConsoleStreams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
+# Drivers write this line into the console history before each boot, so "this boot's output" is findable.
+BOOT_SEPARATOR = "[virtfleet] starting"
+
 
 @runtime_checkable
 class Driver(Protocol):

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 
 from virtfleet.drivers.base import (
+    BOOT_SEPARATOR,
     BootImage,
     Capabilities,
     ConsoleStreams,
@@ -121,7 +122,8 @@ class FakeDriver:
             raise Conflict(f"domain {vm_id} is already {domain.state.value}")
         self.host.next_pid += 1
         domain.spec, domain.state, domain.pid, domain.reason = spec, VmState.RUNNING, self.host.next_pid, ""
-        domain.console += f"fake boot of {boot.name}\n{READY_MARKER} hostname={spec.name} kernel=fake\n".encode()
+        boot_output = f"\n{BOOT_SEPARATOR} {spec.name}\nfake boot of {boot.name}\n"
+        domain.console += f"{boot_output}{READY_MARKER} hostname={spec.name} kernel=fake\n".encode()
         return self._status(vm_id, domain)
 
     def _require_live(self, vm_id: str, *states: VmState) -> FakeDomain:

@@ -73,8 +73,9 @@ class JobRunner:
             raise
         except Exception as error:  # a bug: keep the daemon alive, record it, log the traceback
             log.exception("job %s (%s) crashed", job.id, job.kind)
+            detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             self._db.update_job(job.id, status=JobStatus.FAILED, message="failed",
-                                error=f"internal error: {type(error).__name__}: {error}", error_code="internal")
+                                error=f"internal error: {detail}", error_code="internal")
         finally:
             self._active.pop(job.target, None)
             self._done.pop(job.id).set()

@@ -19,7 +19,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from virtfleet.drivers.base import BootImage, Capabilities, ConsoleStreams, DomainStatus, DriverConfig, HostInfo
+from virtfleet.drivers.base import (
+    BOOT_SEPARATOR,
+    BootImage,
+    Capabilities,
+    ConsoleStreams,
+    DomainStatus,
+    DriverConfig,
+    HostInfo,
+)
 from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
 from virtfleet.drivers.qemu.argv import build_argv
 from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
@@ -266,6 +274,9 @@ class QemuDriver:
             for stale in paths.transient():
                 stale.unlink(missing_ok=True)
             argv = build_argv(vm_id, spec, boot, paths, accel=accel, binary=binary)
+            # The console history spans boots; a separator lets readers find where this boot starts.
+            with paths.console_log.open("ab") as history:
+                history.write(f"\n{BOOT_SEPARATOR} {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
             await self._spawn(argv, paths.startup_log)
             pid = read_pid(paths.pidfile)
             if pid is None or not is_our_qemu(pid, vm_id):
