@@ -14,6 +14,8 @@ from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.images.catalog import Builder, ImageCatalog
 from virtfleet.jobs.runner import JobRunner
+from virtfleet.jobs.storage import StorageService
+from virtfleet.jobs.vm_disks import DiskResolver, vm_using
 from virtfleet.jobs.vms import VmService, host_name
 from virtfleet.store.db import Database
 
@@ -27,6 +29,7 @@ class Server:
     driver: Driver
     runner: JobRunner
     images: ImageCatalog
+    storage: StorageService
     vms: VmService
     reconciler: Reconciler
 
@@ -40,11 +43,15 @@ class Server:
         runner = JobRunner(db)
         images = ImageCatalog(settings.images_dir, builders)
         host = host_name()
-        vms = VmService(db, driver, runner, images, host=host, pools=[settings.default_pool])
+        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path))
+        storage.ensure_default_pool(settings.default_pool)
+        vms = VmService(db, driver, runner, images, host=host, disks=DiskResolver(db, storage))
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
-        return cls(settings, db, driver, runner, images, vms, reconciler)
+        return cls(settings, db, driver, runner, images, storage, vms, reconciler)
 
     async def start(self) -> None:
+        for problem in await self.storage.activate_all():
+            log.warning("%s", problem)
         await self.reconciler.recover()
         info = await self.driver.host_info()
         if not info.kvm_usable:

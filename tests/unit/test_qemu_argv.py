@@ -14,7 +14,7 @@ import pytest
 from virtfleet.drivers.base import BootImage
 from virtfleet.drivers.qemu.argv import build_argv
 from virtfleet.drivers.qemu.runtime import RunPaths
-from virtfleet.model.vm import VmSpec
+from virtfleet.model.vm import DiskSpec, VmSpec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "argv"
 VM_ID = "0b5e8a9e-6f4a-4c1e-9d0e-3f1f2a7c9b11"
@@ -29,10 +29,17 @@ CASES = {
             cpus=2,
             memory="1G",
             machine="q35",
-            disks=[{"path": "/pools/default/db.qcow2"}, {"path": "/pools/default/seed.raw", "format": "raw",
-                                                          "readonly": True}],
+            disks=[
+                {"path": "/pools/default/db.qcow2", "cache": "none", "discard": "unmap"},
+                {"path": "/pools/default/seed.raw", "format": "raw", "readonly": True, "bus": "virtio-scsi"},
+            ],
         ),
         "kvm",
+    ),
+    "q35-disk-boot": (
+        VmSpec(name="legacy", machine="q35", image=None,
+               disks=[{"path": "/pools/default/legacy.qcow2", "boot_index": 0, "cache": "writethrough"}]),
+        "tcg",
     ),
     "microvm-disk": (VmSpec(name="m1", memory=128, disks=[{"path": "/pools/default/a.qcow2"}]), "tcg"),
 }
@@ -41,7 +48,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_argv_matches_golden(case: str) -> None:
     spec, accel = CASES[case]
-    argv = build_argv(VM_ID, spec, BOOT, PATHS, accel=accel)
+    argv = build_argv(VM_ID, spec, None if spec.image is None else BOOT, PATHS, accel=accel)
     golden = GOLDEN / f"{case}.txt"
     if os.environ.get("VIRTFLEET_UPDATE_GOLDEN"):
         golden.write_text("\n".join(argv) + "\n")
@@ -59,6 +66,33 @@ def test_disks_have_explicit_formats_and_never_follow_backing_files() -> None:
     assert [n["driver"] for n in formats] == ["qcow2", "raw"]
     assert formats[0]["backing"] is None and "backing" not in formats[1]
     assert [n["read-only"] for n in nodes] == [False, False, True, True]
+    # cache=none is O_DIRECT on the host side; discard passes through.
+    assert nodes[0]["cache"] == {"direct": True, "no-flush": False} and nodes[0]["discard"] == "unmap"
+
+
+def test_disk_boot_has_no_kernel_and_sets_the_boot_order() -> None:
+    spec, accel = CASES["q35-disk-boot"]
+    argv = build_argv(VM_ID, spec, None, PATHS, accel=accel)
+    assert "-kernel" not in argv and "-append" not in argv
+    device = next(a for a in argv if a.startswith("virtio-blk-pci,"))
+    assert "bootindex=0" in device and "write-cache=off" in device  # writethrough: no guest write cache
+
+
+def test_scsi_disks_get_one_controller_and_q35_gets_hotplug_ports() -> None:
+    spec, accel = CASES["q35-kvm-disks"]
+    argv = build_argv(VM_ID, spec, BOOT, PATHS, accel=accel)
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert sum(d.startswith("virtio-scsi-pci,") for d in devices) == 1
+    assert any(d.startswith("scsi-hd,") and "bus=scsi0.0" in d for d in devices)
+    assert sum(d.startswith("pcie-root-port,") for d in devices) == 4
+    micro = build_argv(VM_ID, CASES["microvm-tcg"][0], BOOT, PATHS, accel="tcg")
+    assert not any(a.startswith("pcie-root-port") for a in micro)  # microvm has no PCI: no hot-plug
+
+
+def test_node_names_do_not_depend_on_disk_order() -> None:
+    first, second = DiskSpec(path="/p/a.qcow2"), DiskSpec(path="/p/b.qcow2")
+    assert first.node_name != second.node_name
+    assert first.node_name == DiskSpec(path="/p/a.qcow2", cache="none").node_name
 
 
 def test_virtio_bus_follows_the_machine_type() -> None:

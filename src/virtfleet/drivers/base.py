@@ -100,7 +100,9 @@ class Driver(Protocol):
         """Forget a stopped domain and remove what define() created; idempotent."""
         ...
 
-    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage) -> DomainStatus: ...
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None) -> DomainStatus:
+        """Boot the domain: from `boot` (kernel + initramfs), or from its disks when None."""
+        ...
 
     async def shutdown(self, vm_id: str, timeout: float) -> None:
         """Ask the guest to power off (ACPI); raise OperationTimeout if it is still up after `timeout`."""

@@ -115,14 +115,14 @@ class FakeDriver:
             raise Conflict(f"domain {vm_id} is {domain.state.value}; stop it first")
         self.host.domains.pop(vm_id, None)
 
-    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage) -> DomainStatus:
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None) -> DomainStatus:
         domain = self._domain(vm_id)
         self._maybe_fail("start")
         if domain.state not in (VmState.STOPPED, VmState.CRASHED):
             raise Conflict(f"domain {vm_id} is already {domain.state.value}")
         self.host.next_pid += 1
         domain.spec, domain.state, domain.pid, domain.reason = spec, VmState.RUNNING, self.host.next_pid, ""
-        boot_output = f"\n{BOOT_SEPARATOR} {spec.name}\nfake boot of {boot.name}\n"
+        boot_output = f"\n{BOOT_SEPARATOR} {spec.name}\nfake boot of {boot.name if boot else 'disk'}\n"
         domain.console += f"{boot_output}{READY_MARKER} hostname={spec.name} kernel=fake\n".encode()
         return self._status(vm_id, domain)
 

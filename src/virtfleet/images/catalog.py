@@ -81,15 +81,19 @@ class ImageCatalog:
             raise NotFound("image", name)
         shutil.rmtree(self.root / name)
 
-    def check_spec(self, spec: VmSpec) -> BuiltImage:
-        """The built image a spec names; refuses a missing one with the command that fixes it."""
+    def check_spec(self, spec: VmSpec) -> BuiltImage | None:
+        """The built image a spec names (None: it boots from a disk); refuses a missing one with the fix."""
+        if spec.image is None:
+            return None
         built = self._load(spec.image)
         if built is None:
             hint = f"; build it with: virtfleet image build {spec.image}" if spec.image in self.builders else ""
             raise InvalidSpec("image", f"no built image named '{spec.image}'{hint}")
         return built
 
-    def boot_image(self, spec: VmSpec) -> BootImage:
+    def boot_image(self, spec: VmSpec) -> BootImage | None:
         built = self.check_spec(spec)
+        if built is None:
+            return None
         parts = [default_cmdline(spec.machine, _host_khz()), f"virtfleet.hostname={spec.name}", spec.kernel_args]
         return BootImage(built.name, built.kernel, built.initrd, " ".join(p for p in parts if p))

@@ -7,13 +7,13 @@ Checks that can fail fast (unknown VM, busy, wrong state, bad spec) raise before
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
-from virtfleet.errors import InvalidSpec, OperationTimeout, VirtfleetError
+from virtfleet.errors import OperationTimeout, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
 from virtfleet.jobs.runner import JobContext, JobRunner
+from virtfleet.jobs.vm_disks import DiskResolver
 from virtfleet.model.job import Event, Job
 from virtfleet.model.vm import Vm, VmOperation, VmSpec, VmState, require
 from virtfleet.store.db import Database
@@ -30,14 +30,14 @@ class VmService:
         images: ImageCatalog,
         *,
         host: str,
-        pools: Sequence[Path],
+        disks: DiskResolver,
     ) -> None:
         self.db = db
         self.driver = driver
         self.runner = runner
         self.images = images
         self.host = host
-        self.pools = [p.resolve() for p in pools]
+        self.disks = disks
 
     # --- reads -----------------------------------------------------------------------------------------------
     def get(self, ref: str) -> Vm:
@@ -57,21 +57,8 @@ class VmService:
             return b""  # never started on this host: no history yet
 
     # --- create ----------------------------------------------------------------------------------------------
-    def _check_disks(self, spec: VmSpec) -> None:
-        for index, disk in enumerate(spec.disks):
-            field = f"disks[{index}].path"
-            path = Path(disk.path)
-            if not path.is_absolute():
-                raise InvalidSpec(field, "must be an absolute path inside a storage pool")
-            resolved = path.resolve()  # follows symlinks, so a link out of the pool is caught too
-            if not any(resolved.is_relative_to(pool) for pool in self.pools):
-                pools = ", ".join(str(p) for p in self.pools)
-                raise InvalidSpec(field, f"{disk.path} is outside every storage pool ({pools})")
-            if not resolved.is_file():
-                raise InvalidSpec(field, f"{disk.path} does not exist")
-
     def create(self, spec: VmSpec) -> Vm:
-        self._check_disks(spec)
+        spec = self.disks.resolve(spec)
         self.images.check_spec(spec)
         return self.db.add_vm(spec, self.host)
 
@@ -108,7 +95,7 @@ class VmService:
         async def work(vm: Vm, context: JobContext) -> str:
             boot = self.images.boot_image(vm.spec)
             self.db.set_vm_state(vm.id, VmState.STARTING, "starting")
-            context.progress(10, f"starting with image {boot.name}")
+            context.progress(10, f"starting with image {boot.name}" if boot else "starting from its disks")
             await self.driver.define(vm.id, vm.spec)
             try:
                 status = await self.driver.start(vm.id, vm.spec, boot)
@@ -168,23 +155,29 @@ class VmService:
     def resume(self, ref: str) -> Job:
         return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed")
 
-    def delete(self, ref: str, force: bool = False) -> Job:
+    def delete(self, ref: str, force: bool = False, delete_volumes: bool = False) -> Job:
+        """Delete a VM; its volumes are kept (detached) unless `delete_volumes`."""
         vm = self.db.get_vm(ref)
+
+        async def undefine(vm: Vm, context: JobContext) -> str:
+            context.progress(50, "removing the domain from the host")
+            await self.driver.undefine(vm.id)
+            self.db.delete_vm(vm.id)
+            message = f"deleted vm '{vm.name}'"
+            if delete_volumes:
+                removed = await self.disks.delete_volumes_of(vm.spec)
+                message += f" and its volumes {', '.join(removed)}" if removed else ""
+            return message
+
         if force and vm.state not in (VmState.STOPPED, VmState.CRASHED):
             self.runner.check_free(vm.id, f"vm '{vm.name}'")
 
             async def forced(context: JobContext) -> str:
                 await self.driver.stop(vm.id)
-                return await self._undefine(vm, context)
+                return await undefine(vm, context)
 
             return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced)
-        return self._submit(ref, VmOperation.DELETE, self._undefine)
-
-    async def _undefine(self, vm: Vm, context: JobContext) -> str:
-        context.progress(50, "removing the domain from the host")
-        await self.driver.undefine(vm.id)
-        self.db.delete_vm(vm.id)
-        return f"deleted vm '{vm.name}'"
+        return self._submit(ref, VmOperation.DELETE, undefine)
 
     # --- console ---------------------------------------------------------------------------------------------
     async def open_console(self, ref: str) -> tuple[Vm, ConsoleStreams]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from virtfleet.errors import InvalidState
 from virtfleet.model.units import parse_size_mib
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+VOLUME_REF_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 MAX_CPUS = 256
 MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB
@@ -27,21 +29,42 @@ def _memory_mib(value: object) -> object:
 MemoryMiB = Annotated[int, BeforeValidator(_memory_mib), Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
 
 
+CacheMode = Literal["writeback", "none", "writethrough", "directsync", "unsafe"]
+
+
 class DiskSpec(BaseModel):
-    """A disk attached to a VM. The path must lie inside a storage pool (checked by the service)."""
+    """A disk attached to a VM: a volume ("pool/name"), or a file path inside a storage pool (checked by the
+    service, which also fills `path` and `format` in from the volume)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1, max_length=4096)
+    volume: str | None = Field(default=None, pattern=VOLUME_REF_PATTERN, description="pool/name, or name in 'default'")
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
     format: Literal["raw", "qcow2"] = "qcow2"
     readonly: bool = False
+    bus: Literal["virtio-blk", "virtio-scsi"] = "virtio-blk"
+    cache: CacheMode = "writeback"
+    discard: Literal["ignore", "unmap"] = "ignore"
+    boot_index: int | None = Field(default=None, ge=0, le=255, description="firmware boot order (disk boot only)")
 
     @field_validator("path")
     @classmethod
-    def _no_control_chars(cls, value: str) -> str:
-        if any(ord(ch) < 32 for ch in value):
+    def _no_control_chars(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(ch) < 32 for ch in value):
             raise ValueError("must not contain control characters")
         return value
+
+    @model_validator(mode="after")
+    def _volume_or_path(self) -> DiskSpec:
+        if self.volume is None and self.path is None:
+            raise ValueError("a disk needs a volume (pool/name) or a path")
+        return self
+
+    @property
+    def node_name(self) -> str:
+        """A QEMU node name that stays the same while other disks come and go (hot-plug needs that)."""
+        key = self.path or self.volume or ""
+        return "d" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class VmSpec(BaseModel):
@@ -54,9 +77,21 @@ class VmSpec(BaseModel):
     memory: MemoryMiB = Field(default=256, description="MiB, or a size with a unit such as 256M or 2G")
     machine: Literal["microvm", "q35"] = "microvm"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
-    image: str = Field(default="tiny", pattern=NAME_PATTERN, description="a built guest image")
+    image: str | None = Field(
+        default="tiny", pattern=NAME_PATTERN, description="a built guest image (kernel + initramfs); null: boot a disk"
+    )
     kernel_args: str = Field(default="", max_length=1024, description="appended to the kernel command line")
-    disks: list[DiskSpec] = Field(default_factory=list, max_length=16)
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=16, validate_default=True)
+
+    @field_validator("disks")
+    @classmethod
+    def _disk_boot(cls, value: list[DiskSpec], info: ValidationInfo) -> list[DiskSpec]:
+        if "image" in info.data and info.data["image"] is None:
+            if info.data.get("machine") != "q35":
+                raise ValueError("booting from a disk (image: null) needs machine q35: microvm has no boot firmware")
+            if not value:
+                raise ValueError("booting from a disk (image: null) needs at least one disk")
+        return value
 
     @field_validator("kernel_args")
     @classmethod

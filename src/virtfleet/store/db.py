@@ -30,7 +30,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     # SQLite drops the timezone; every time we store is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -44,8 +44,8 @@ def _vm(row: VmRow) -> Vm:
         state_reason=row.state_reason,
         host=row.host,
         accel=row.accel,
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 
@@ -59,9 +59,9 @@ def _job(row: JobRow) -> Job:
         message=row.message,
         error=row.error,
         error_code=row.error_code,
-        created_at=_aware(row.created_at),
-        started_at=_aware(row.started_at) if row.started_at else None,
-        finished_at=_aware(row.finished_at) if row.finished_at else None,
+        created_at=as_utc(row.created_at),
+        started_at=as_utc(row.started_at) if row.started_at else None,
+        finished_at=as_utc(row.finished_at) if row.finished_at else None,
     )
 
 
@@ -99,14 +99,14 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def _session(self) -> Iterator[Session]:
+    def session(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
 
     # --- VMs -------------------------------------------------------------------------------------------------
     def add_vm(self, spec: VmSpec, host: str) -> Vm:
         now = utcnow()
-        with self._session() as session:
+        with self.session() as session:
             if session.scalar(select(VmRow.id).where(VmRow.name == spec.name)) is not None:
                 raise Conflict(f"a VM named '{spec.name}' already exists")
             row = VmRow(
@@ -129,7 +129,7 @@ class Database:
     def adopt_vm(self, vm_id: str, spec: VmSpec, host: str, state: VmState, reason: str) -> Vm:
         """Record a VM found running on the host with no record (the host wins over the database)."""
         now = utcnow()
-        with self._session() as session:
+        with self.session() as session:
             name = spec.name
             if session.scalar(select(VmRow.id).where(VmRow.name == name)) is not None:
                 name = f"{spec.name[:50]}-{vm_id[:8]}"
@@ -145,18 +145,18 @@ class Database:
 
     def get_vm(self, ref: str) -> Vm:
         """Look a VM up by name or id."""
-        with self._session() as session:
+        with self.session() as session:
             row = session.scalar(select(VmRow).where((VmRow.name == ref) | (VmRow.id == ref)))
             if row is None:
                 raise NotFound("vm", ref)
             return _vm(row)
 
     def list_vms(self) -> list[Vm]:
-        with self._session() as session:
+        with self.session() as session:
             return [_vm(row) for row in session.scalars(select(VmRow).order_by(VmRow.name))]
 
     def set_vm_state(self, vm_id: str, state: VmState, reason: str, *, accel: str | None = None) -> Vm:
-        with self._session() as session:
+        with self.session() as session:
             row = session.get(VmRow, vm_id)
             if row is None:
                 raise NotFound("vm", vm_id)
@@ -166,28 +166,28 @@ class Database:
             return _vm(row)
 
     def delete_vm(self, vm_id: str) -> None:
-        with self._session() as session:
+        with self.session() as session:
             session.execute(delete(EventRow).where(EventRow.vm_id == vm_id))
             session.execute(delete(VmRow).where(VmRow.id == vm_id))
 
     # --- events ----------------------------------------------------------------------------------------------
     def add_event(self, vm_id: str, kind: str, message: str) -> None:
-        with self._session() as session:
+        with self.session() as session:
             session.add(EventRow(vm_id=vm_id, time=utcnow(), kind=kind, message=message))
 
     def list_events(self, vm_id: str, limit: int = 100) -> list[Event]:
-        with self._session() as session:
+        with self.session() as session:
             rows = session.scalars(
                 select(EventRow).where(EventRow.vm_id == vm_id).order_by(EventRow.id.desc()).limit(limit)
             ).all()
             return [
-                Event(id=r.id, vm_id=r.vm_id, time=_aware(r.time), kind=r.kind, message=r.message)
+                Event(id=r.id, vm_id=r.vm_id, time=as_utc(r.time), kind=r.kind, message=r.message)
                 for r in reversed(rows)
             ]
 
     # --- jobs ------------------------------------------------------------------------------------------------
     def add_job(self, kind: str, target: str) -> Job:
-        with self._session() as session:
+        with self.session() as session:
             row = JobRow(
                 id=str(uuid.uuid4()), kind=kind, target=target, status=JobStatus.QUEUED.value, progress=0,
                 message="queued", created_at=utcnow(),
@@ -206,7 +206,7 @@ class Database:
         error: str | None = None,
         error_code: str | None = None,
     ) -> Job:
-        with self._session() as session:
+        with self.session() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise NotFound("job", job_id)
@@ -225,7 +225,7 @@ class Database:
             return _job(row)
 
     def get_job(self, job_id: str) -> Job:
-        with self._session() as session:
+        with self.session() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise NotFound("job", job_id)
@@ -235,11 +235,11 @@ class Database:
         query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
         if target is not None:
             query = query.where(JobRow.target == target)
-        with self._session() as session:
+        with self.session() as session:
             return [_job(row) for row in session.scalars(query)]
 
     def unfinished_jobs(self) -> list[Job]:
-        with self._session() as session:
+        with self.session() as session:
             rows = session.scalars(
                 select(JobRow).where(JobRow.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
             )

@@ -24,24 +24,74 @@ def _machine(spec: VmSpec) -> str:
     return "q35"
 
 
-def _disk_args(index: int, disk: DiskSpec, bus: str) -> list[str]:
-    file_node, format_node = f"disk{index}-file", f"disk{index}"
-    file_opts = {"driver": "file", "filename": disk.path, "node-name": file_node, "read-only": disk.readonly}
+HOTPLUG_PORTS = 4  # free PCIe root ports on q35: a device can only be hot-plugged into an empty port
+
+# cache mode -> (O_DIRECT on the host file, ignore flushes, guest-visible write cache)
+_CACHE = {
+    "writeback": (False, False, True),
+    "none": (True, False, True),
+    "writethrough": (False, False, False),
+    "directsync": (True, False, False),
+    "unsafe": (False, True, True),
+}
+
+
+def blockdev_nodes(disk: DiskSpec) -> tuple[dict[str, object], dict[str, object]]:
+    """The -blockdev / blockdev-add options of a disk: a file node and a format node on top of it."""
+    if disk.path is None:
+        raise ValueError(f"disk {disk.volume} has no resolved path")
+    direct, no_flush, _ = _CACHE[disk.cache]
+    node = disk.node_name
+    cache = {"direct": direct, "no-flush": no_flush}
+    file_node: dict[str, object] = {
+        "driver": "file", "filename": disk.path, "node-name": f"{node}-file", "read-only": disk.readonly,
+        "cache": cache, "discard": disk.discard,
+    }
     # The format is always explicit, and a qcow2 never opens a backing file named in its own header.
-    format_opts: dict[str, object] = {
-        "driver": disk.format, "file": file_node, "node-name": format_node, "read-only": disk.readonly,
+    format_node: dict[str, object] = {
+        "driver": disk.format, "file": f"{node}-file", "node-name": node, "read-only": disk.readonly,
+        "cache": cache, "discard": disk.discard,
     }
     if disk.format == "qcow2":
-        format_opts["backing"] = None
-    return [
-        "-blockdev", json.dumps(file_opts, separators=(",", ":")),
-        "-blockdev", json.dumps(format_opts, separators=(",", ":")),
-        "-device", f"virtio-blk-{bus},drive={format_node},id=virtio-disk{index}",
-    ]
+        format_node["backing"] = None
+    return file_node, format_node
+
+
+def disk_device(disk: DiskSpec, machine: str, *, bus: str | None = None) -> dict[str, object]:
+    """The -device / device_add options of a disk (`bus`: a hot-plug port or the SCSI controller)."""
+    _, _, write_cache = _CACHE[disk.cache]
+    device: dict[str, object] = {"id": f"{disk.node_name}-dev", "drive": disk.node_name,
+                                 "write-cache": "on" if write_cache else "off"}
+    if disk.bus == "virtio-scsi":
+        device.update(driver="scsi-hd", bus=bus or "scsi0.0")
+    else:
+        device["driver"] = f"virtio-blk-{_VIRTIO_BUS[machine]}"
+        if bus is not None:
+            device["bus"] = bus
+    if disk.boot_index is not None:
+        device["bootindex"] = disk.boot_index
+    return device
+
+
+def _device_arg(options: dict[str, object]) -> str:
+    driver = options["driver"]
+    rest = ",".join(f"{key}={_opt(value)}" for key, value in options.items() if key != "driver")
+    return f"{driver},{rest}"
+
+
+def _disk_args(disks: list[DiskSpec], machine: str) -> list[str]:
+    args: list[str] = []
+    if any(disk.bus == "virtio-scsi" for disk in disks):
+        args += ["-device", f"virtio-scsi-{_VIRTIO_BUS[machine]},id=scsi0"]
+    for disk in disks:
+        for node in blockdev_nodes(disk):
+            args += ["-blockdev", json.dumps(node, separators=(",", ":"))]
+        args += ["-device", _device_arg(disk_device(disk, machine))]
+    return args
 
 
 def build_argv(
-    vm_id: str, spec: VmSpec, boot: BootImage, paths: RunPaths, *, accel: str, binary: str = "qemu-system-x86_64"
+    vm_id: str, spec: VmSpec, boot: BootImage | None, paths: RunPaths, *, accel: str, binary: str = "qemu-system-x86_64"
 ) -> list[str]:
     argv = [
         binary,
@@ -61,11 +111,10 @@ def build_argv(
         "-chardev",
         f"socket,id=serial0,path={_opt(paths.console)},server=on,wait=off,logfile={_opt(paths.console_log)},logappend=on",
         "-serial", "chardev:serial0",
-        "-kernel", str(boot.kernel),
-        "-initrd", str(boot.initrd),
-        "-append", boot.cmdline,
     ]
-    bus = _VIRTIO_BUS[spec.machine]
-    for index, disk in enumerate(spec.disks):
-        argv += _disk_args(index, disk, bus)
-    return argv
+    if boot is not None:
+        argv += ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
+    if spec.machine == "q35":
+        for port in range(HOTPLUG_PORTS):
+            argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1}"]
+    return argv + _disk_args(spec.disks, spec.machine)

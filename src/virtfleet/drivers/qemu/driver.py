@@ -262,7 +262,7 @@ class QemuDriver:
         shutil.rmtree(paths.root, ignore_errors=True)
 
     # --- power ---------------------------------------------------------------------------------------------
-    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage) -> DomainStatus:
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None) -> DomainStatus:
         paths = self._require_defined(vm_id)
         async with self._lock(vm_id):
             if self._live_pid(vm_id, paths) is not None:

@@ -1,0 +1,333 @@
+"""Storage operations: pools and volumes, templates and clones, uploads and imports.
+
+Checks that can fail fast (unknown pool, name taken, no room, attached volume, dependents) raise before a job
+exists; the slow part (qemu-img, copies, downloads) runs as a job in a worker thread. Every copy lands under a
+temporary name and is renamed into place only once it is complete and checked, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
+from virtfleet.jobs.runner import JobContext, JobRunner
+from virtfleet.model.job import Job
+from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
+from virtfleet.storage import qemu_img, transfer
+from virtfleet.storage.backends import PoolBackend, create_backend, default_mount_path
+from virtfleet.store.db import Database
+from virtfleet.store.storage_repo import StorageRepo
+
+DEFAULT_POOL = "default"
+IMPORT_FORMATS = ("qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi")  # what users may hand us; stored as qcow2 or raw
+
+
+@dataclass(frozen=True)
+class VolumeDetails:
+    volume: Volume
+    actual_size: int
+    chain: list[str]  # the backing chain, top first, as file paths
+    attached_to: str | None
+
+
+AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM using it
+
+
+class StorageService:
+    def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup) -> None:
+        self.repo = StorageRepo(db)
+        self.runner = runner
+        self.data_dir = data_dir
+        self.attached_to = attached_to
+        self._backends: dict[str, PoolBackend] = {}
+
+    # --- pools ---------------------------------------------------------------------------------------------
+    def backend(self, pool: Pool) -> PoolBackend:
+        backend = self._backends.get(pool.name)
+        if backend is None:
+            backend = self._backends[pool.name] = create_backend(pool.spec, Path(pool.mount_path))
+        return backend
+
+    def ensure_default_pool(self, path: Path) -> None:
+        try:
+            self.repo.get_pool(DEFAULT_POOL)
+        except NotFound:
+            spec = PoolSpec(name=DEFAULT_POOL, type="dir", path=str(path))
+            create_backend(spec, path).activate()
+            self.repo.add_pool(spec, str(path))
+
+    async def activate_all(self) -> list[str]:
+        """At start-up: make every pool usable again (mounts do not survive a reboot); returns the problems."""
+        problems = []
+        for pool in self.repo.list_pools():
+            try:
+                await asyncio.to_thread(self.backend(pool).activate)
+            except Exception as error:  # one broken pool must not stop the daemon
+                problems.append(f"pool {pool.name}: {error}")
+        return problems
+
+    async def create_pool(self, spec: PoolSpec) -> Pool:
+        with contextlib.suppress(NotFound):
+            self.repo.get_pool(spec.name)
+            raise Conflict(f"a pool named '{spec.name}' already exists")
+        mount = default_mount_path(spec, self.data_dir)
+        for other in self.repo.list_pools():
+            if Path(other.mount_path) == mount:
+                raise InvalidSpec("path", f"{mount} is already pool '{other.name}'")
+        backend = create_backend(spec, mount)
+        await asyncio.to_thread(backend.activate)
+        pool = self.repo.add_pool(spec, str(mount))
+        self._backends[pool.name] = backend
+        return await self.pool_with_usage(pool.name)
+
+    async def pool_with_usage(self, name: str) -> Pool:
+        pool = self.repo.get_pool(name)
+        try:
+            usage = await asyncio.to_thread(self.backend(pool).usage)
+        except Exception as error:
+            return pool.model_copy(update={"state": "inactive", "state_reason": str(error)})
+        return pool.model_copy(update={"usage": usage})
+
+    async def list_pools(self) -> list[Pool]:
+        return [await self.pool_with_usage(pool.name) for pool in self.repo.list_pools()]
+
+    async def delete_pool(self, name: str) -> None:
+        pool = self.repo.get_pool(name)
+        if name == DEFAULT_POOL:
+            raise Conflict("the default pool cannot be deleted")
+        volumes = self.repo.list_volumes(name)
+        if volumes:
+            names = ", ".join(v.name for v in volumes[:10])
+            raise Conflict(f"pool '{name}' still holds {len(volumes)} volume(s): {names}")
+        backend = self.backend(pool)
+        await asyncio.to_thread(backend.deactivate)
+        await asyncio.to_thread(backend.destroy)
+        self.repo.delete_pool(name)
+        self._backends.pop(name, None)
+
+    # --- volumes: reads ------------------------------------------------------------------------------------
+    def volume(self, ref: str) -> Volume:
+        pool, name = parse_volume_ref(ref, DEFAULT_POOL)
+        return self._attached(self.repo.get_volume(pool, name))
+
+    def _attached(self, volume: Volume) -> Volume:
+        return volume.model_copy(update={"attached_to": self.attached_to(volume.path)})
+
+    def list_volumes(self, pool: str | None = None) -> list[Volume]:
+        if pool is not None:
+            self.repo.get_pool(pool)
+        return [self._attached(v) for v in self.repo.list_volumes(pool)]
+
+    async def details(self, ref: str) -> VolumeDetails:
+        volume = self.volume(ref)
+        images = await asyncio.to_thread(qemu_img.chain, Path(volume.path), volume.format)
+        return VolumeDetails(volume, images[0].actual_size, [str(image.path) for image in images],
+                             volume.attached_to)
+
+    def volume_by_path(self, path: str) -> Volume | None:
+        return next((v for v in self.repo.list_volumes() if v.path == path), None)
+
+    def pool_roots(self) -> list[Path]:
+        return [Path(pool.mount_path) for pool in self.repo.list_pools()]
+
+    # --- volumes: changes ----------------------------------------------------------------------------------
+    def _check_new(self, pool: Pool, name: str, fmt: str, size: int | None) -> PoolBackend:
+        backend = self.backend(pool)
+        with contextlib.suppress(NotFound):
+            self.repo.get_volume(pool.name, name)
+            raise Conflict(f"a volume named '{pool.name}/{name}' already exists")
+        if fmt not in backend.formats:
+            raise InvalidSpec("format", f"{pool.spec.type} pools hold {' or '.join(backend.formats)} volumes")
+        if backend.volume_path(name).exists():
+            raise Conflict(f"{backend.volume_path(name)} exists but is not a volume of pool '{pool.name}'")
+        if size is not None:
+            usage = backend.usage()
+            if not usage.thin and size > usage.available:
+                raise InvalidSpec("size", f"{size} bytes do not fit: pool '{pool.name}' has {usage.available} free")
+        return backend
+
+    def _submit(self, kind: str, ref: str, work: Callable[[JobContext], object]) -> Job:
+        async def run(context: JobContext) -> str:
+            return str(await asyncio.to_thread(work, context))
+
+        return self.runner.submit(kind, f"volume:{ref}", f"volume '{ref}'", run)
+
+    def create_volume(self, pool_name: str, spec: VolumeSpec) -> Job:
+        pool = self.repo.get_pool(pool_name)
+        backend = self._check_new(pool, spec.name, spec.format, spec.size)
+
+        def work(context: JobContext) -> str:
+            path = backend.create_volume(spec.name, spec.format, spec.size)
+            self.repo.add_volume(pool.name, spec.name, spec.format, spec.size, str(path))
+            return f"created volume {pool.name}/{spec.name} ({spec.format}, {spec.size} bytes)"
+
+        return self._submit("volume.create", f"{pool.name}/{spec.name}", work)
+
+    def resize_volume(self, ref: str, size: int, *, shrink: bool = False) -> Job:
+        volume = self.volume(ref)
+        if size < volume.size and not shrink:
+            raise InvalidSpec("size", f"{size} is smaller than the current {volume.size} bytes: shrinking loses "
+                                      "data, add --force (shrink=true) if you mean it")
+        if volume.attached_to is not None:
+            raise Conflict(f"volume {volume.ref} is attached to vm '{volume.attached_to}'; detach it first")
+        backend = self.backend(self.repo.get_pool(volume.pool))
+
+        def work(context: JobContext) -> str:
+            backend.resize_volume(volume.name, volume.format, size, shrink=size < volume.size)
+            self.repo.update_volume(volume.id, size=size)
+            return f"resized {volume.ref} to {size} bytes"
+
+        return self._submit("volume.resize", volume.ref, work)
+
+    def _check_deletable(self, volume: Volume) -> None:
+        if volume.attached_to is not None:
+            raise Conflict(f"volume {volume.ref} is attached to vm '{volume.attached_to}'; detach or delete it first")
+        dependents = self.repo.dependents(volume.id)
+        if dependents:
+            names = ", ".join(d.ref for d in dependents)
+            raise Conflict(f"volume {volume.ref} is the base of linked clones: {names}; delete them first")
+
+    def delete_volume(self, ref: str) -> Job:
+        volume = self.volume(ref)
+        self._check_deletable(volume)
+        backend = self.backend(self.repo.get_pool(volume.pool))
+
+        def work(context: JobContext) -> str:
+            backend.delete_volume(volume.name)
+            self.repo.delete_volume(volume.id)
+            return f"deleted volume {volume.ref}"
+
+        return self._submit("volume.delete", volume.ref, work)
+
+    def set_template(self, ref: str, template: bool) -> Volume:
+        volume = self.volume(ref)
+        if template and volume.attached_to is not None:
+            raise Conflict(f"volume {volume.ref} is attached to vm '{volume.attached_to}'; a template must be "
+                           "free (linked clones read it while their VMs run)")
+        if not template and self.repo.dependents(volume.id):
+            raise Conflict(f"volume {volume.ref} has linked clones; it stays a template while they exist")
+        path = Path(volume.path)
+        if path.is_file():
+            # Clones share it: make accidental writes fail at the file-system level too.
+            path.chmod(0o444 if template else 0o644)
+        return self._attached(self.repo.update_volume(volume.id, template=template))
+
+    def clone_volume(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None) -> Job:
+        source = self.volume(ref)
+        pool = self.repo.get_pool(pool_name or source.pool)
+        if linked:
+            if not source.template:
+                raise InvalidSpec("linked", f"{source.ref} is not a template; mark it first (volume template) or "
+                                            "make a full clone")
+            if pool.name != source.pool:
+                raise InvalidSpec("pool", "a linked clone lives in its template's pool")
+        fmt: VolumeFormat = "qcow2" if linked else source.format
+        backend = self._check_new(pool, new_name, fmt, None if linked else source.size)
+        if linked and not backend.supports_backing_files:
+            snapshot = getattr(backend, "snapshot_volume", None)
+            if snapshot is None:
+                raise Unsupported(f"{pool.spec.type} pools cannot make linked clones")
+        new_ref = f"{pool.name}/{new_name}"
+
+        def work(context: JobContext) -> str:
+            if linked:
+                if backend.supports_backing_files:
+                    path = backend.create_volume(new_name, "qcow2", source.size, backing=Path(source.path),
+                                                 backing_format=source.format)
+                else:
+                    path = backend.snapshot_volume(new_name, source.name)  # type: ignore[attr-defined]
+                self.repo.add_volume(pool.name, new_name, fmt if backend.supports_backing_files else source.format,
+                                     source.size, str(path), base_id=source.id)
+                return f"linked clone {new_ref} of {source.ref}"
+            final = backend.volume_path(new_name)
+            with transfer.atomic_destination(final) as temp:
+                temp.unlink(missing_ok=True)  # qemu-img convert creates its own target
+                qemu_img.convert(Path(source.path), source.format, temp, fmt,
+                                 progress=lambda pct: context.progress(int(pct), f"copying {source.ref}: {pct:.0f}%"))
+            self.repo.add_volume(pool.name, new_name, fmt, source.size, str(final))
+            return f"full clone {new_ref} of {source.ref}"
+
+        return self._submit("volume.clone", new_ref, work)
+
+    def import_url(self, pool_name: str, name: str, url: str, fmt: str, *, sha256: str | None = None) -> Job:
+        pool = self.repo.get_pool(pool_name)
+        if fmt not in IMPORT_FORMATS:
+            raise InvalidSpec("format", f"one of {', '.join(IMPORT_FORMATS)}")
+        stored: VolumeFormat = fmt if fmt in ("qcow2", "raw") else "qcow2"  # type: ignore[assignment]
+        backend = self._check_new(pool, name, stored, None)
+        ref = f"{pool.name}/{name}"
+
+        def work(context: JobContext) -> str:
+            def progress(done: int, total: int) -> None:
+                if total:
+                    context.progress(int(done * 90 / total), f"downloading: {done >> 20} of {total >> 20} MiB")
+                else:
+                    context.progress(0, f"downloading: {done >> 20} MiB")
+
+            incoming = pool_staging(backend) / f"{name}.download"
+            try:
+                digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256)
+                volume = self._register_incoming(pool, backend, name, incoming, fmt, stored, context)
+            finally:
+                incoming.unlink(missing_ok=True)
+            return f"imported {url} as {volume.ref} (sha256 {digest})"
+
+        return self._submit("volume.import", ref, work)
+
+    async def upload(self, pool_name: str, name: str, fmt: str, body: AsyncIterator[bytes], *,
+                     sha256: str | None = None, length: int | None = None) -> Volume:
+        """Receive an upload (the request body) into the pool; checked and registered, or nothing is left."""
+        pool = self.repo.get_pool(pool_name)
+        if fmt not in IMPORT_FORMATS:
+            raise InvalidSpec("format", f"one of {', '.join(IMPORT_FORMATS)}")
+        stored: VolumeFormat = fmt if fmt in ("qcow2", "raw") else "qcow2"  # type: ignore[assignment]
+        backend = self._check_new(pool, name, stored, length)
+        ref = f"{pool.name}/{name}"
+        self.runner.check_free(f"volume:{ref}", f"volume '{ref}'")
+        incoming = pool_staging(backend) / f"{name}.upload-{os.getpid()}"
+        digest = hashlib.sha256()
+        try:
+            with incoming.open("wb") as out:
+                async for chunk in body:
+                    digest.update(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            if sha256 is not None and digest.hexdigest() != sha256.lower():
+                raise transfer.TransferError(f"checksum mismatch: expected sha256 {sha256}, got {digest.hexdigest()}")
+            return await asyncio.to_thread(self._register_incoming, pool, backend, name, incoming, fmt, stored, None)
+        finally:
+            incoming.unlink(missing_ok=True)
+
+    def _register_incoming(self, pool: Pool, backend: PoolBackend, name: str, incoming: Path, fmt: str,
+                           stored: VolumeFormat, context: JobContext | None) -> Volume:
+        """Check an untrusted image, then move or convert it into place and record it."""
+        info = qemu_img.inspect_untrusted(incoming, fmt, self.pool_roots())
+        if info.backing_file is not None:
+            raise InvalidSpec("backing_file", "imported images must be self-contained (no backing file)")
+        final = backend.volume_path(name)
+        if fmt == stored:
+            with transfer.atomic_destination(final) as temp:
+                os.replace(incoming, temp)
+        else:
+            with transfer.atomic_destination(final) as temp:
+                temp.unlink(missing_ok=True)
+
+                def progress(pct: float) -> None:
+                    if context is not None:
+                        context.progress(90 + int(pct / 10), f"converting {fmt} to {stored}: {pct:.0f}%")
+
+                qemu_img.convert(incoming, fmt, temp, stored, progress=progress)
+        return self.repo.add_volume(pool.name, name, stored, info.virtual_size, str(final))
+
+
+def pool_staging(backend: PoolBackend) -> Path:
+    """Where incoming data waits while it is checked: inside the pool (same file system, so the final move is a
+    rename), in a directory volumes never live in."""
+    staging = backend.mount_path / ".incoming"
+    staging.mkdir(exist_ok=True)
+    return staging

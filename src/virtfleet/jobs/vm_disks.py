@@ -1,0 +1,82 @@
+"""VM disks: turning what a spec names (a volume, or a file in a pool) into what QEMU opens, safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.jobs.storage import StorageService
+from virtfleet.model.job import JobStatus
+from virtfleet.model.storage import Volume
+from virtfleet.model.vm import DiskSpec, VmSpec
+from virtfleet.store.db import Database
+
+
+def vm_using(db: Database, path: str, *, except_vm: str | None = None) -> str | None:
+    """The VM whose spec has a disk at `path` (one host holds few VMs: a scan is cheap and never stale)."""
+    for vm in db.list_vms():
+        if vm.name != except_vm and any(disk.path == path for disk in vm.spec.disks):
+            return vm.name
+    return None
+
+
+class DiskResolver:
+    def __init__(self, db: Database, storage: StorageService) -> None:
+        self.db = db
+        self.storage = storage
+
+    def resolve(self, spec: VmSpec, *, vm_name: str | None = None) -> VmSpec:
+        """Fill in path and format of every disk; refuse what a VM must not open. Changes nothing."""
+        disks = [self.resolve_disk(disk, f"disks[{index}]", vm_name=vm_name) for index, disk in enumerate(spec.disks)]
+        paths = [disk.path for disk in disks]
+        for index, path in enumerate(paths):
+            if path in paths[:index]:
+                raise InvalidSpec(f"disks[{index}]", f"{path} is attached twice")
+        return spec.model_copy(update={"disks": disks})
+
+    def resolve_disk(self, disk: DiskSpec, field: str, *, vm_name: str | None = None) -> DiskSpec:
+        volume: Volume | None
+        if disk.volume is not None:
+            try:
+                volume = self.storage.volume(disk.volume)
+            except NotFound:
+                raise InvalidSpec(f"{field}.volume", f"no volume named {disk.volume}") from None
+            resolved = disk.model_copy(update={"volume": volume.ref, "path": volume.path, "format": volume.format})
+        else:
+            assert disk.path is not None
+            path = Path(disk.path)
+            if not path.is_absolute():
+                raise InvalidSpec(f"{field}.path", "must be an absolute path inside a storage pool")
+            real = path.resolve()  # follows symlinks, so a link out of the pool is caught too
+            roots = [root.resolve() for root in self.storage.pool_roots()]
+            if not any(real.is_relative_to(root) for root in roots):
+                raise InvalidSpec(f"{field}.path", f"{disk.path} is outside every storage pool "
+                                                   f"({', '.join(str(r) for r in roots)})")
+            if not real.exists():
+                raise InvalidSpec(f"{field}.path", f"{disk.path} does not exist")
+            volume = self.storage.volume_by_path(disk.path)
+            resolved = disk if volume is None else disk.model_copy(update={"volume": volume.ref,
+                                                                            "format": volume.format})
+        if volume is not None and volume.template and not disk.readonly:
+            raise InvalidSpec(f"{field}.volume", f"{volume.ref} is a template; clone it (vm create --from-template) "
+                                                 "or attach it read-only")
+        assert resolved.path is not None
+        user = vm_using(self.db, resolved.path, except_vm=vm_name)
+        if user is not None:
+            raise InvalidSpec(field, f"{resolved.volume or resolved.path} is already attached to vm '{user}'")
+        return resolved
+
+    async def delete_volumes_of(self, spec: VmSpec) -> list[str]:
+        """Delete the volumes a (deleted) VM used, except templates and volumes something else depends on."""
+        removed = []
+        for disk in spec.disks:
+            if disk.volume is None or disk.readonly:
+                continue
+            try:
+                job = self.storage.delete_volume(disk.volume)
+            except (NotFound, Conflict):
+                continue  # kept: gone already, or a base others need
+            done = await self.storage.runner.wait(job.id, 600)
+            if done.status is JobStatus.SUCCEEDED:
+                removed.append(disk.volume)
+        return removed
