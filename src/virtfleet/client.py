@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 
@@ -30,6 +31,12 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
@@ -39,22 +46,66 @@ class Client:
         if response.status_code == 204:
             return None
         if response.is_error:
-            try:
-                body = response.json()
-                code, message = body["error"]["code"], body["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(response.status_code, "http_error",
-                               f"HTTP {response.status_code}: {response.text[:200]}") from None
-            raise ApiError(response.status_code, code, message, body)
+            self._raise(response)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> NoReturn:
+        try:
+            body = response.json()
+            code, message = body["error"]["code"], body["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(response.status_code, "http_error",
+                           f"HTTP {response.status_code}: {response.text[:200]}") from None
+        raise ApiError(response.status_code, code, message, body)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, json: Any = None, **params: Any) -> Any:
         return self.request("POST", path, json=json, params={k: v for k, v in params.items() if v is not None})
+
+    def upload(self, path: str, file: Path, progress: Callable[[int, int], None] | None = None,
+               **params: Any) -> Any:
+        """PUT a file as the request body, streamed in chunks (no size limit, nothing held in memory)."""
+        total = file.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            done = 0
+            with file.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+                    yield chunk
+
+        return self.request("PUT", path, content=chunks(), headers={"content-length": str(total)},
+                            params={k: v for k, v in params.items() if v is not None}, timeout=None)
+
+    def download(self, path: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> int:
+        """GET a file into `dest` (written beside it under a temporary name, renamed when complete)."""
+        partial = dest.with_name(f".{dest.name}.part")
+        try:
+            with self._http.stream("GET", path, timeout=None) as response:
+                if response.is_error:
+                    response.read()
+                    self._raise(response)
+                total = int(response.headers.get("content-length", 0))
+                done = 0
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total)
+            partial.replace(dest)
+        except httpx.TransportError as error:
+            raise ApiError(0, "unreachable", f"cannot reach virtfleet at {self.base_url} ({error})") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return done
 
     def delete(self, path: str, **params: Any) -> Any:
         return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})

@@ -45,7 +45,8 @@ class Server:
         host = host_name()
         storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path))
         storage.ensure_default_pool(settings.default_pool)
-        vms = VmService(db, driver, runner, images, host=host, disks=DiskResolver(db, storage))
+        disks = DiskResolver(db, storage, settings.data_dir / "seeds")
+        vms = VmService(db, driver, runner, images, host=host, disks=disks)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
         return cls(settings, db, driver, runner, images, storage, vms, reconciler)
 

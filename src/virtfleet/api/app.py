@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from virtfleet import __version__
 from virtfleet.api import errors, routes
 from virtfleet.api.console import router as console_router
+from virtfleet.api.storage import router as storage_router
 from virtfleet.config import Settings
 from virtfleet.images.catalog import Builder
 from virtfleet.server import Server
@@ -35,4 +36,5 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
     errors.install(app)
     app.include_router(routes.router, prefix="/api/v1")
     app.include_router(console_router, prefix="/api/v1")
+    app.include_router(storage_router, prefix="/api/v1")
     return app

@@ -92,8 +92,11 @@ async def show_vm(ref: str, server: ServerDep) -> Vm:
 
 
 @router.delete("/vms/{ref}", response_model=Job, status_code=202, tags=["vms"])
-async def delete_vm(ref: str, server: ServerDep, response: Response, force: bool = False) -> Job:
-    return accepted(server.vms.delete(ref, force=force), response)
+async def delete_vm(
+    ref: str, server: ServerDep, response: Response, force: bool = False, delete_volumes: bool = False
+) -> Job:
+    """Delete a VM (running: only with force=true). Its volumes are kept unless delete_volumes=true."""
+    return accepted(server.vms.delete(ref, force=force, delete_volumes=delete_volumes), response)
 
 
 SimpleAction = Literal["start", "stop", "reboot", "pause", "resume"]

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from virtfleet import __version__
-from virtfleet.cli import image, jobs, vm
+from virtfleet.cli import image, jobs, storage, vm
 from virtfleet.cli.demo import demo
 from virtfleet.cli.output import JsonOption, err, out, run, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings
@@ -23,6 +23,8 @@ app = typer.Typer(
 app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
 app.add_typer(jobs.app, name="job")
+app.add_typer(storage.pools, name="pool")
+app.add_typer(storage.volumes, name="volume")
 app.command()(demo)
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
 
-from virtfleet.cli.output import JsonOption, fail, out, run, run_job, table
-from virtfleet.client import Client
+from virtfleet.cli.output import JsonOption, fail, out, run, run_job, state, table
+from virtfleet.client import ApiError, Client
 
 app = typer.Typer(help="Create and run virtual machines.", no_args_is_help=True)
 
@@ -34,17 +35,46 @@ def _spec_from(name: str | None, file: Path | None, flags: dict[str, Any], as_js
     return spec
 
 
+DISK_FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw", ".vmdk": "vmdk", ".vhdx": "vhdx", ".vhd": "vpc",
+                ".vdi": "vdi"}
+
+
+def _disk(value: str) -> dict[str, Any]:
+    """--disk: an absolute path inside a pool, or a volume POOL/NAME (NAME: the default pool)."""
+    if value.startswith("/"):
+        return {"path": value, "format": "raw" if value.endswith((".raw", ".img")) else "qcow2"}
+    return {"volume": value}
+
+
+def _read_arg(value: str) -> str:
+    """A value given literally or as @FILE / an existing file path (user data, ssh keys)."""
+    path = Path(value[1:] if value.startswith("@") else value)
+    if value.startswith("@") or (len(value) < 4096 and path.is_file()):
+        return path.read_text().strip()
+    return value
+
+
 @app.command()
 def create(
     name: str | None = typer.Argument(None, help="VM name (or 'name:' in --file)"),
     file: Path | None = typer.Option(None, "--file", "-f", help="A YAML spec with the same fields."),
-    image: str | None = typer.Option(None, help="Guest image (default: tiny)."),
+    image: str | None = typer.Option(None, help="Guest image (default: tiny); 'none' boots from the first disk."),
     cpus: int | None = typer.Option(None, help="Virtual CPUs."),
     memory: str | None = typer.Option(None, help="Memory, e.g. 256M or 2G."),
     machine: str | None = typer.Option(None, help="microvm or q35."),
     accel: str | None = typer.Option(None, help="auto, kvm or tcg."),
     kernel_args: str | None = typer.Option(None, "--kernel-args", help="Extra kernel command line."),
-    disk: list[str] | None = typer.Option(None, "--disk", help="A disk image inside a storage pool (repeat)."),
+    disk: list[str] | None = typer.Option(None, "--disk", help="A volume POOL/NAME, or a file in a pool (repeat)."),
+    from_template: str | None = typer.Option(None, "--from-template",
+                                             help="Clone this template volume as the first disk (linked clone)."),
+    full_clone: bool = typer.Option(False, "--full-clone", help="With --from-template: copy instead of link."),
+    disk_image: Path | None = typer.Option(None, "--disk-image", exists=True, dir_okay=False,
+                                           help="Upload this disk image and boot from it (q35, no kernel image)."),
+    disk_format: str | None = typer.Option(None, "--disk-format", help="Format of --disk-image (default: from "
+                                                                        "its extension; never guessed from content)."),
+    user_data: str | None = typer.Option(None, "--user-data", help="cloud-init user data (a file, or @file)."),
+    ssh_key: list[str] | None = typer.Option(None, "--ssh-key", help="An SSH public key or key file (repeat)."),
+    hostname: str | None = typer.Option(None, "--hostname", help="cloud-init hostname (default: the VM name)."),
     start: bool = typer.Option(False, "--start", help="Start the VM once created."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -52,13 +82,60 @@ def create(
     flags: dict[str, Any] = {"image": image, "cpus": cpus, "memory": memory, "machine": machine,
                              "accel": accel, "kernel_args": kernel_args}
     if disk:
-        flags["disks"] = [{"path": p, "format": "raw" if p.endswith((".raw", ".img")) else "qcow2"} for p in disk]
+        flags["disks"] = [_disk(d) for d in disk]
+    if user_data is not None or ssh_key or hostname is not None:
+        flags["cloud_init"] = {"hostname": hostname, "user_data": _read_arg(user_data) if user_data else None,
+                               "ssh_keys": [_read_arg(k) for k in ssh_key or []]}
     spec = _spec_from(name, file, flags, as_json)
-    # With --json --start, stdout carries one document: the start job (which names the VM).
-    vm = run(as_json and not start, lambda c: c.post("/vms", json=spec),
-             None if as_json else lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
+    if spec.get("image") == "none":
+        spec["image"] = None
+    created_volume = _first_disk(spec, from_template, full_clone, disk_image, disk_format, as_json)
+    try:
+        # With --json --start, stdout carries one document: the start job (which names the VM).
+        vm = run(as_json and not start, lambda c: c.post("/vms", json=spec),
+                 None if as_json else lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
+    except typer.Exit:
+        if created_volume is not None:  # nothing lost, nothing left: the disk made for this VM goes too
+            with Client(state.url) as client, contextlib.suppress(ApiError):
+                client.wait_job(client.delete(f"/volumes/{created_volume}"))
+        raise
     if start:
         run_job(as_json, lambda c: c.post(f"/vms/{vm['name']}/start"))
+
+
+def _first_disk(spec: dict[str, Any], from_template: str | None, full_clone: bool, disk_image: Path | None,
+                disk_format: str | None, as_json: bool) -> str | None:
+    """Make the VM's first disk (a clone of a template, or an uploaded image); returns its volume ref."""
+    if from_template is None and disk_image is None:
+        return None
+    if from_template is not None and disk_image is not None:
+        fail("give --from-template or --disk-image, not both", as_json=as_json, code=2)
+    volume_name = f"{spec['name']}-disk0"
+    with Client(state.url) as client:
+        try:
+            if from_template is not None:
+                template = from_template if "/" in from_template else f"default/{from_template}"
+                job = client.wait_job(client.post(f"/volumes/{template}/clone",
+                                                  json={"name": volume_name, "linked": not full_clone}))
+                if job["status"] == "failed":
+                    fail(job["error"], as_json=as_json)
+                ref = f"{template.split('/', 1)[0]}/{volume_name}"
+            else:
+                assert disk_image is not None
+                fmt = disk_format or DISK_FORMATS.get(disk_image.suffix.lower())
+                if fmt is None:
+                    fail(f"disk_format: cannot tell the format of {disk_image.name}; give --disk-format",
+                         as_json=as_json)
+                client.upload(f"/pools/default/volumes/{volume_name}/data", disk_image, format=fmt)
+                ref = f"default/{volume_name}"
+                spec["image"], spec["machine"] = None, "q35"
+        except ApiError as error:
+            fail(error.message, as_json=as_json, body=error.body)
+    first: dict[str, Any] = {"volume": ref}
+    if "image" in spec and spec["image"] is None:
+        first["boot_index"] = 0
+    spec["disks"] = [first, *spec.get("disks", [])]
+    return ref
 
 
 def _vm_rows(vms: list[dict[str, Any]]) -> None:
@@ -144,11 +221,13 @@ def stop(
 def delete(
     name: str,
     force: bool = typer.Option(False, "--force", help="Power the VM off first if it is running."),
+    delete_volumes: bool = typer.Option(False, "--delete-volumes", help="Also delete its volumes (not templates)."),
     no_wait: bool = NoWaitOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Delete a VM (refused while it runs, unless --force)."""
-    run_job(as_json, lambda c: c.delete(f"/vms/{name}", force=force or None), wait=not no_wait)
+    """Delete a VM (refused while it runs, unless --force). Its volumes are kept unless --delete-volumes."""
+    run_job(as_json, lambda c: c.delete(f"/vms/{name}", force=force or None, delete_volumes=delete_volumes or None),
+            wait=not no_wait)
 
 
 @app.command()

@@ -48,9 +48,8 @@ def _check_hostname(hostname: str) -> None:
 def _check_ssh_key(key: str) -> None:
     match = _SSH_KEY.fullmatch(key.strip())
     if not match:
-        raise InvalidSpec(
-            "ssh_key", f"{key[:40]!r} is not an OpenSSH public key ('ssh-ed25519|ssh-rsa|ecdsa-sha2-* <base64> [comment]')"
-        )
+        expected = "'ssh-ed25519|ssh-rsa|ecdsa-sha2-* <base64> [comment]' on one line"
+        raise InvalidSpec("ssh_key", f"{key[:40]!r} is not an OpenSSH public key: expected {expected}")
     kind, blob = match.group(1), match.group(2)
     # The blob starts with its own key type: this catches a truncated paste or a key whose prefix was edited.
     try:

@@ -39,6 +39,7 @@ GUEST_MODULES = (
     "virtio_console",
     "button",
     "evdev",
+    "isofs",  # reads a cloud-init NoCloud seed ISO on a virtio disk (pulls in cdrom via modules.dep)
 )
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -192,6 +193,31 @@ INITTAB = """::sysinit:/etc/rc
 ::ctrlaltdel:/bin/reboot -f
 """
 
+# A cloud-init NoCloud seed (images/cloudinit.py) on any virtio disk overrides the virtfleet.hostname= argument, as
+# cloud-init would. The first seed found wins. meta-data is YAML, read here line by line: a value may be quoted, and
+# public-keys is a block list ("- key" lines). No waiting: the disks exist once virtio_blk's insmod has returned.
+CLOUDINIT_RC = r"""meta() { sed -n "s/^$1: *//p" /tmp/seed/meta-data | head -n 1 | tr -d "\"'\r "; }
+mkdir -p /tmp/seed
+for dev in /dev/vd* /dev/sr*; do
+  [ -b "$dev" ] || continue
+  mount -t iso9660 -o ro "$dev" /tmp/seed 2>/dev/null || continue
+  if [ -f /tmp/seed/meta-data ]; then
+    seed_host=$(meta local-hostname)
+    [ -n "$seed_host" ] && hostname "$seed_host"
+    line="virtfleet-cloudinit: hostname=$(hostname) instance-id=$(meta instance-id)"
+    if grep -q '^public-keys:' /tmp/seed/meta-data; then
+      keys=$(awk '/^public-keys:/ {k = 1; next} k && /^ *- / {n++; next} k && /^[^ ]/ {k = 0} END {print n + 0}' \
+        /tmp/seed/meta-data)
+      line="$line ssh-keys=$keys"
+    fi
+    echo "$line"
+    umount /tmp/seed
+    break
+  fi
+  umount /tmp/seed
+done
+"""
+
 # Runs once at boot (busybox init's sysinit), output on the serial console.
 RC = f"""#!/bin/sh
 mount -t proc proc /proc
@@ -208,7 +234,7 @@ for arg in $(cat /proc/cmdline); do
     virtfleet.ticks=1) ticks=1 ;;
   esac
 done
-acpid
+{CLOUDINIT_RC}acpid
 echo "{READY_MARKER} hostname=$(hostname) kernel=$(uname -r)"
 if [ -n "$ticks" ]; then
   (n=0; while :; do n=$((n + 1)); echo "virtfleet-tick $n"; sleep 1; done) &

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.images.cloudinit import CloudInit, build_seed_iso
 from virtfleet.jobs.storage import StorageService
 from virtfleet.model.job import JobStatus
 from virtfleet.model.storage import Volume
-from virtfleet.model.vm import DiskSpec, VmSpec
+from virtfleet.model.vm import CloudInitSpec, DiskSpec, Vm, VmSpec
 from virtfleet.store.db import Database
 
 
@@ -20,13 +21,37 @@ def vm_using(db: Database, path: str, *, except_vm: str | None = None) -> str | 
     return None
 
 
+def cloud_init_for(name: str, vm_id: str, spec: CloudInitSpec) -> CloudInit:
+    """The validated cloud-init data of a VM; errors name the spec field."""
+    try:
+        return CloudInit(spec.hostname or name, spec.user_data, tuple(spec.ssh_keys), instance_id=vm_id)
+    except InvalidSpec as error:
+        raise InvalidSpec(f"cloud_init.{error.field}", error.problem) from None
+
+
 class DiskResolver:
-    def __init__(self, db: Database, storage: StorageService) -> None:
+    def __init__(self, db: Database, storage: StorageService, seed_dir: Path) -> None:
         self.db = db
         self.storage = storage
+        self.seed_dir = seed_dir
+
+    def boot_spec(self, vm: Vm) -> VmSpec:
+        """The spec QEMU runs: the VM's own, plus the cloud-init seed disk (rebuilt each start from the spec)."""
+        if vm.spec.cloud_init is None:
+            return vm.spec
+        self.seed_dir.mkdir(parents=True, exist_ok=True)
+        seed = self.seed_dir / f"{vm.id}.iso"
+        build_seed_iso(cloud_init_for(vm.name, vm.id, vm.spec.cloud_init), seed)
+        disk = DiskSpec(path=str(seed), format="raw", readonly=True)
+        return vm.spec.model_copy(update={"disks": [*vm.spec.disks, disk]})
+
+    def forget_seed(self, vm: Vm) -> None:
+        (self.seed_dir / f"{vm.id}.iso").unlink(missing_ok=True)
 
     def resolve(self, spec: VmSpec, *, vm_name: str | None = None) -> VmSpec:
         """Fill in path and format of every disk; refuse what a VM must not open. Changes nothing."""
+        if spec.cloud_init is not None:
+            cloud_init_for(spec.name, "check", spec.cloud_init)
         disks = [self.resolve_disk(disk, f"disks[{index}]", vm_name=vm_name) for index, disk in enumerate(spec.disks)]
         paths = [disk.path for disk in disks]
         for index, path in enumerate(paths):

@@ -98,7 +98,7 @@ class VmService:
             context.progress(10, f"starting with image {boot.name}" if boot else "starting from its disks")
             await self.driver.define(vm.id, vm.spec)
             try:
-                status = await self.driver.start(vm.id, vm.spec, boot)
+                status = await self.driver.start(vm.id, self.disks.boot_spec(vm), boot)
             except VirtfleetError as error:
                 self.db.add_event(vm.id, "start-failed", error.message)
                 raise
@@ -162,6 +162,7 @@ class VmService:
         async def undefine(vm: Vm, context: JobContext) -> str:
             context.progress(50, "removing the domain from the host")
             await self.driver.undefine(vm.id)
+            self.disks.forget_seed(vm)
             self.db.delete_vm(vm.id)
             message = f"deleted vm '{vm.name}'"
             if delete_volumes:

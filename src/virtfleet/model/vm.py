@@ -67,6 +67,16 @@ class DiskSpec(BaseModel):
         return "d" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+class CloudInitSpec(BaseModel):
+    """cloud-init NoCloud data, served to the guest on a 'cidata' seed disk built at each start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hostname: str | None = Field(default=None, max_length=253, description="default: the VM name")
+    user_data: str | None = Field(default=None, max_length=65536, description="#cloud-config or a #! script")
+    ssh_keys: list[str] = Field(default_factory=list, max_length=32)
+
+
 class VmSpec(BaseModel):
     """What a user asks for. The same fields come from the CLI flags, a spec.yaml and the API body."""
 
@@ -82,6 +92,7 @@ class VmSpec(BaseModel):
     )
     kernel_args: str = Field(default="", max_length=1024, description="appended to the kernel command line")
     disks: list[DiskSpec] = Field(default_factory=list, max_length=16, validate_default=True)
+    cloud_init: CloudInitSpec | None = None
 
     @field_validator("disks")
     @classmethod

@@ -117,4 +117,6 @@ def build_argv(
     if spec.machine == "q35":
         for port in range(HOTPLUG_PORTS):
             argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1}"]
-    return argv + _disk_args(spec.disks, spec.machine)
+    # The boot order only means something to firmware booting a disk; with a kernel image it is left out.
+    disks = spec.disks if boot is None else [d.model_copy(update={"boot_index": None}) for d in spec.disks]
+    return argv + _disk_args(disks, spec.machine)

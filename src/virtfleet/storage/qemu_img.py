@@ -1,0 +1,390 @@
+"""A typed wrapper around the qemu-img binary.
+
+Every call names the image format explicitly: qemu-img never probes it, because probing untrusted content is how a
+"raw" guest disk that starts with a qcow2 header gets a backing file of the attacker's choosing. Paths are passed
+absolute, so qemu never reads a name like "nbd:host" or "json:{...}" as a protocol rather than a file.
+
+Only `info` and `inspect_untrusted` are meant for images of unknown origin: `info` does not open the backing chain
+(qemu-img info opens only the named file unless --backing-chain is given). Everything else (chain, convert, commit,
+snapshots) opens backing files and must only see images already accepted by `inspect_untrusted`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound
+
+QEMU_IMG = "qemu-img"
+UNTRUSTED_FORMATS = frozenset({"qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi"})
+PREALLOCATION_MODES = frozenset({"off", "metadata", "falloc", "full"})
+
+# qemu-img info on a crafted image can burn memory and CPU (huge L1 or snapshot tables): bound it like OpenStack does.
+INFO_TIMEOUT = 60.0
+UNTRUSTED_ADDRESS_SPACE = 1 << 30
+UNTRUSTED_CPU_SECONDS = 30
+
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+_VMDK4_MAGIC = b"KDMV"
+_VMDK3_MAGIC = b"COWD"
+
+
+class QemuImgError(DriverError):
+    """qemu-img ran and failed; `cause` is what it printed on stderr, on one line."""
+
+
+@dataclass(frozen=True)
+class InternalSnapshot:
+    id: str
+    name: str
+    vm_state_size: int
+    date: datetime
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: Path
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing_file: str | None
+    backing_format: str | None
+    dirty: bool | None = None
+    snapshots: tuple[InternalSnapshot, ...] = ()
+
+
+# --- running qemu-img ---------------------------------------------------------------------------------------------
+
+
+def _binary() -> str:
+    found = shutil.which(QEMU_IMG)
+    if found is None:
+        raise DriverError(f"{QEMU_IMG} not found", "install it with: apt-get install qemu-utils")
+    return found
+
+
+def _arg(path: Path) -> str:
+    """Absolute, so a name with ':' before its first '/' is never read as a protocol (nbd:, json:, http:)."""
+    return os.path.abspath(path)
+
+
+def _backing_arg(backing: Path) -> str:
+    # A relative backing name is stored as given and resolved against the image's directory: keep it relative
+    # (portable chains) but make sure it cannot be read as a protocol.
+    name = str(backing)
+    return f"./{name}" if _has_protocol(name) else name
+
+
+def _has_protocol(name: str) -> bool:
+    """qemu's own rule (path_has_protocol): a ':' before the first '/' makes the name a protocol or json: spec."""
+    colon = name.find(":")
+    slash = name.find("/")
+    return colon != -1 and (slash == -1 or colon < slash)
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line.strip().removeprefix("qemu-img: ") for line in stderr.splitlines() if line.strip()]
+    # qemu-img prints warnings before the error; the error is what explains the failure.
+    errors = [line for line in lines if not line.startswith("warning:")]
+    return " ".join(errors or lines) or "no error message"
+
+
+def _run(args: Sequence[str], *, timeout: float | None = None, limited: bool = False) -> str:
+    argv = [_binary(), *args]
+    prlimit = shutil.which("prlimit") if limited else None
+    if prlimit:
+        argv = [prlimit, f"--as={UNTRUSTED_ADDRESS_SPACE}", f"--cpu={UNTRUSTED_CPU_SECONDS}", "--", *argv]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise QemuImgError(f"qemu-img {args[0]} failed", f"no answer after {timeout:g}s") from None
+    except OSError as exc:
+        raise DriverError(f"cannot run {QEMU_IMG}", str(exc)) from exc
+    if done.returncode != 0:
+        raise QemuImgError(f"qemu-img {args[0]} failed", _one_line(done.stderr))
+    return done.stdout
+
+
+# --- reading images -----------------------------------------------------------------------------------------------
+
+
+def _snapshot(data: dict[str, Any]) -> InternalSnapshot:
+    date = datetime.fromtimestamp(int(data.get("date-sec", 0)) + int(data.get("date-nsec", 0)) / 1e9, tz=UTC)
+    return InternalSnapshot(str(data["id"]), str(data["name"]), int(data.get("vm-state-size", 0)), date)
+
+
+def _image_info(data: dict[str, Any], path: Path) -> ImageInfo:
+    return ImageInfo(
+        path=path,
+        format=str(data["format"]),
+        virtual_size=int(data["virtual-size"]),
+        actual_size=int(data.get("actual-size", 0)),
+        backing_file=data.get("backing-filename"),
+        backing_format=data.get("backing-filename-format"),
+        dirty=data.get("dirty-flag"),
+        snapshots=tuple(_snapshot(item) for item in data.get("snapshots", ())),
+    )
+
+
+def _info_json(path: Path, fmt: str, *, limited: bool = False) -> dict[str, Any]:
+    # -U: a running QEMU holds a write lock on its disks; reading metadata must still work.
+    out = _run(["info", "-f", fmt, "--output=json", "-U", _arg(path)], timeout=INFO_TIMEOUT, limited=limited)
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def info(path: Path, fmt: str) -> ImageInfo:
+    """The image's metadata, read as `fmt` (never probed), without opening its backing chain."""
+    return _image_info(_info_json(path, fmt), path)
+
+
+def chain(path: Path, fmt: str) -> list[ImageInfo]:
+    """The image and every backing file below it, top first. Opens the whole chain: only for trusted images."""
+    out = _run(["info", "-f", fmt, "--output=json", "-U", "--backing-chain", _arg(path)], timeout=INFO_TIMEOUT)
+    entries: list[dict[str, Any]] = json.loads(out)
+    return [_image_info(entry, path if i == 0 else Path(str(entry["filename"]))) for i, entry in enumerate(entries)]
+
+
+# --- changing images ----------------------------------------------------------------------------------------------
+
+
+def _refuse_existing(path: Path) -> None:
+    # qemu-img create and convert silently truncate an existing file: never let them clobber a disk.
+    if os.path.lexists(path):
+        raise Conflict(f"{path} already exists")
+
+
+def _check_size(size_bytes: int) -> None:
+    if size_bytes <= 0:
+        raise InvalidSpec("size", f"must be a positive number of bytes, not {size_bytes}")
+
+
+def create(
+    path: Path,
+    fmt: str,
+    size_bytes: int,
+    *,
+    backing: Path | None = None,
+    backing_fmt: str | None = None,
+    preallocation: str | None = None,
+) -> None:
+    _check_size(size_bytes)
+    _refuse_existing(path)
+    args = ["create", "-q", "-f", fmt]
+    if backing is not None:
+        if backing_fmt is None:
+            # Without it qemu would probe the backing file's format every time it opens the overlay.
+            raise InvalidSpec("backing_format", "is required with a backing file")
+        args += ["-b", _backing_arg(backing), "-F", backing_fmt]
+    if preallocation is not None:
+        if preallocation not in PREALLOCATION_MODES:
+            raise InvalidSpec("preallocation", f"must be one of {', '.join(sorted(PREALLOCATION_MODES))}")
+        args += ["-o", f"preallocation={preallocation}"]
+    _run([*args, _arg(path), str(size_bytes)])
+
+
+def resize(path: Path, fmt: str, size_bytes: int, *, shrink: bool = False) -> None:
+    _check_size(size_bytes)
+    current = info(path, fmt).virtual_size
+    if size_bytes < current and not shrink:
+        raise InvalidSpec(
+            "size", f"{size_bytes} bytes would shrink {path.name} from {current} bytes and lose the data past the end"
+        )
+    _run(["resize", "-q", "-f", fmt, *(["--shrink"] if shrink else []), _arg(path), str(size_bytes)])
+
+
+def _progress_values(fd: int) -> Iterator[float]:
+    """Percentages from `qemu-img convert -p`, which rewrites one line with '\\r' as it goes."""
+    pending = b""
+    while chunk := os.read(fd, 4096):
+        *parts, pending = re.split(rb"[\r\n]", pending + chunk)
+        for part in parts:
+            match = _PROGRESS.search(part)
+            if match:
+                yield float(match.group(1))
+    match = _PROGRESS.search(pending)
+    if match:
+        yield float(match.group(1))
+
+
+def convert(
+    src: Path, src_fmt: str, dst: Path, dst_fmt: str, *, progress: Callable[[float], None] | None = None
+) -> None:
+    """Copy `src` into a new image `dst`; on any failure (or an exception from `progress`) `dst` is removed."""
+    _refuse_existing(dst)
+    argv = [_binary(), "convert", "-p", "-f", src_fmt, "-O", dst_fmt, _arg(src), _arg(dst)]
+    # stderr goes to a file, not a pipe, so a chatty qemu-img never blocks while we only read stdout.
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+        except OSError as exc:
+            raise DriverError(f"cannot run {QEMU_IMG}", str(exc)) from exc
+        try:
+            assert proc.stdout is not None
+            with proc.stdout:
+                last = -1.0
+                for percent in _progress_values(proc.stdout.fileno()):
+                    if progress is not None and percent > last:
+                        last = percent
+                        progress(percent)
+            returncode = proc.wait()
+            if returncode != 0:
+                stderr.seek(0)
+                raise QemuImgError("qemu-img convert failed", _one_line(stderr.read().decode(errors="replace")))
+            if progress is not None and last < 100.0:
+                progress(100.0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            dst.unlink(missing_ok=True)
+            raise
+
+
+def rebase_unsafe(path: Path, fmt: str, backing: Path, backing_fmt: str) -> None:
+    """Rewrite the backing file name in the header only (no data is compared or copied)."""
+    _run(["rebase", "-q", "-u", "-f", fmt, "-b", _backing_arg(backing), "-F", backing_fmt, _arg(path)])
+
+
+def commit(path: Path, fmt: str) -> None:
+    """Write the overlay's data into its backing file (the overlay is emptied)."""
+    _run(["commit", "-q", "-f", fmt, _arg(path)])
+
+
+# --- internal snapshots (qcow2, stopped images only) --------------------------------------------------------------
+
+
+def _image_opts(path: Path, fmt: str) -> str:
+    # `qemu-img snapshot` has no -f: --image-opts is the only way to name the format instead of probing it.
+    # Commas are doubled because they separate options.
+    return f"driver={fmt},file.driver=file,file.filename={_arg(path).replace(',', ',,')}"
+
+
+def _check_snapshot_name(name: str) -> None:
+    # qemu looks a snapshot up by id before name, so a numeric name could select another snapshot.
+    if not name or name.isdigit() or not name.isprintable():
+        raise InvalidSpec("name", f"snapshot name {name!r} must be printable text and not only digits")
+
+
+def snapshot_list(path: Path, fmt: str) -> list[InternalSnapshot]:
+    return list(info(path, fmt).snapshots)
+
+
+def snapshot_create(path: Path, fmt: str, name: str) -> None:
+    _check_snapshot_name(name)
+    # qemu-img happily creates two snapshots with one name; later -a/-d would pick one of them.
+    if any(snap.name == name for snap in snapshot_list(path, fmt)):
+        raise Conflict(f"{path.name} already has a snapshot named '{name}'")
+    _run(["snapshot", "-q", "--image-opts", "-c", name, _image_opts(path, fmt)])
+
+
+def _existing_snapshot(path: Path, fmt: str, name: str) -> None:
+    _check_snapshot_name(name)
+    if not any(snap.name == name for snap in snapshot_list(path, fmt)):
+        raise NotFound("snapshot", name)
+
+
+def snapshot_apply(path: Path, fmt: str, name: str) -> None:
+    _existing_snapshot(path, fmt, name)
+    _run(["snapshot", "-q", "--image-opts", "-a", name, _image_opts(path, fmt)])
+
+
+def snapshot_delete(path: Path, fmt: str, name: str) -> None:
+    _existing_snapshot(path, fmt, name)
+    _run(["snapshot", "-q", "--image-opts", "-d", name, _image_opts(path, fmt)])
+
+
+# --- images of unknown origin -------------------------------------------------------------------------------------
+
+
+def _inside(real: str, roots: Sequence[Path]) -> bool:
+    for root in roots:
+        base = os.path.realpath(root)
+        if real != base and os.path.commonpath([real, base]) == base:
+            return True
+    return False
+
+
+def _check_vmdk_header(path: Path) -> None:
+    """Only single-file VMDKs: a descriptor's extents (and a sparse header's embedded one) can name any file."""
+    with open(path, "rb") as f:
+        header = f.read(512)
+    if header[:4] == _VMDK3_MAGIC:
+        return
+    # VMDK4 header: magic, version, flags (u32 each), then capacity (u64); capacity 0 means "see the descriptor".
+    if header[:4] == _VMDK4_MAGIC and len(header) >= 20 and struct.unpack_from("<Q", header, 12)[0] != 0:
+        return
+    raise InvalidSpec("format", f"{path.name} is not a single-file (monolithic or stream-optimized) vmdk image")
+
+
+def _check_format_specific(path: Path, fmt: str, data: dict[str, Any]) -> None:
+    specific = data.get("format-specific", {}).get("data", {})
+    if specific.get("corrupt"):
+        raise InvalidSpec("format", f"{path.name} is marked corrupt by qemu")
+    if fmt == "qcow2" and specific.get("data-file") is not None:
+        # info does not open the data file, but convert and QEMU would read it: refuse like a backing file.
+        raise InvalidSpec("data_file", f"{path.name} keeps its data in another file ({specific['data-file']!r})")
+    if fmt == "vmdk":
+        own = os.path.realpath(path)
+        for extent in specific.get("extents", ()):
+            if os.path.realpath(str(extent.get("filename", ""))) != own:
+                raise InvalidSpec("format", f"{path.name} has an extent in another file ({extent.get('filename')!r})")
+
+
+def _check_backing(path: Path, image: ImageInfo, roots: Sequence[Path]) -> None:
+    backing = image.backing_file
+    if backing is None:
+        return
+    if _has_protocol(backing):
+        raise InvalidSpec("backing_file", f"{path.name} names its backing file as a protocol: {backing[:200]!r}")
+    resolved = os.path.realpath(os.path.join(os.path.dirname(_arg(path)), backing))
+    if not _inside(resolved, roots):
+        raise InvalidSpec(
+            "backing_file", f"{path.name} has a backing file that points outside the storage pools: {resolved}"
+        )
+    if image.backing_format not in UNTRUSTED_FORMATS:
+        raise InvalidSpec(
+            "backing_format", f"{path.name} must declare its backing file's format (one of {_formats()}), not probe it"
+        )
+
+
+def _formats() -> str:
+    return ", ".join(sorted(UNTRUSTED_FORMATS))
+
+
+def inspect_untrusted(
+    path: Path, fmt: str, allowed_roots: Sequence[Path], *, max_virtual_size: int | None = None
+) -> ImageInfo:
+    """Check an image a user handed us (upload, import) before anything opens it for real.
+
+    It must be a valid `fmt` image that reads no other file: a backing file must resolve inside `allowed_roots`,
+    and protocol or json: backing names, qcow2 external data files and multi-file vmdks are refused.
+    """
+    if fmt not in UNTRUSTED_FORMATS:
+        raise InvalidSpec("format", f"{fmt!r} is not accepted for imported images (use one of {_formats()})")
+    if not path.is_file():
+        raise NotFound("image file", str(path))
+    if fmt == "vmdk":
+        _check_vmdk_header(path)
+    try:
+        data = _info_json(path, fmt, limited=True)
+    except QemuImgError as exc:
+        raise InvalidSpec("format", f"{path.name} is not a valid {fmt} image: {exc.cause}") from exc
+    image = _image_info(data, path)
+    _check_format_specific(path, fmt, data)
+    _check_backing(path, image, allowed_roots)
+    if max_virtual_size is not None and image.virtual_size > max_virtual_size:
+        raise InvalidSpec(
+            "virtual_size", f"{path.name} is {image.virtual_size} bytes, more than the limit of {max_virtual_size}"
+        )
+    return image

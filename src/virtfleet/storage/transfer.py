@@ -1,0 +1,227 @@
+"""Moving bytes into a storage pool safely: nothing half-written ever sits under the final name.
+
+Every writer streams into a hidden `.<name>.part-<random>` beside the destination, hashes as it goes, checks the
+checksum and the size, fsyncs, and only then links the file into place. Any failure, including KeyboardInterrupt
+or a cancelled task, removes the partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from virtfleet.errors import Conflict, InvalidSpec, VirtfleetError
+
+CHUNK = 4 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+ByteProgress = Callable[[int, int], None]
+
+
+class TransferError(VirtfleetError):
+    """Bytes could not be moved into place (I/O, HTTP, size or checksum); nothing was left behind."""
+
+    code = "transfer_failed"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def details(self) -> dict[str, object]:
+        return {"status": self.status} if self.status is not None else {}
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(temp: Path, final: Path) -> None:
+    """Move `temp` to `final` unless `final` exists (os.rename would silently replace it)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise Conflict(f"{final} already exists") from None
+    except OSError:
+        # Filesystems without hard links: a check-then-rename leaves a tiny race, better than no publish at all.
+        if os.path.lexists(final):
+            raise Conflict(f"{final} already exists") from None
+        os.rename(temp, final)
+    else:
+        temp.unlink()
+
+
+@contextmanager
+def atomic_destination(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final` (not yet created); on success it becomes `final`, else it is removed.
+
+    The caller creates and fills the file (exclusively, e.g. open(path, "xb") or qemu-img convert).
+    """
+    if os.path.lexists(final):
+        raise Conflict(f"{final} already exists")
+    temp = final.with_name(f".{final.name}.part-{secrets.token_hex(8)}")
+    try:
+        yield temp
+        if not temp.is_file():
+            raise TransferError(f"nothing was written for {final.name}")
+        # Data reaches the disk before the name does: a crash never leaves a complete-looking but empty file.
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _publish(temp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _normalized_sha256(expected: str | None) -> str | None:
+    if expected is None:
+        return None
+    value = expected.strip().lower()
+    if not _SHA256.fullmatch(value):
+        raise InvalidSpec("sha256", f"{expected!r} is not a sha256 hex digest (64 hex digits)")
+    return value
+
+
+def _check_limit(size: int, max_bytes: int | None, name: str) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise TransferError(f"{name} is larger than the limit of {max_bytes} bytes")
+
+
+def _write_chunks(
+    chunks: Iterable[bytes],
+    dst: Path,
+    *,
+    total: int | None,
+    progress: ByteProgress | None,
+    expected_sha256: str | None,
+    max_bytes: int | None,
+) -> str:
+    """The one writer behind copy, download and upload: limit, hash, verify, then publish."""
+    expected = _normalized_sha256(expected_sha256)
+    if total is not None:
+        _check_limit(total, max_bytes, dst.name)
+    digest = hashlib.sha256()
+    done = 0
+    with atomic_destination(dst) as temp:
+        try:
+            with open(temp, "xb") as out:
+                for chunk in chunks:
+                    done += len(chunk)
+                    _check_limit(done, max_bytes, dst.name)
+                    digest.update(chunk)
+                    out.write(chunk)
+                    if progress is not None:
+                        progress(done, total or 0)
+        except OSError as exc:
+            raise TransferError(f"cannot write {dst.name}: {exc.strerror or exc}") from exc
+        if total is not None and done != total:
+            raise TransferError(f"{dst.name}: received {done} bytes, expected {total}")
+        actual = digest.hexdigest()
+        if expected is not None and actual != expected:
+            raise TransferError(f"{dst.name} checksum mismatch: expected sha256 {expected}, got {actual}")
+    return actual
+
+
+def _read_file(src: Path, chunk: int) -> Iterator[bytes]:
+    try:
+        with open(src, "rb") as f:
+            while data := f.read(chunk):
+                yield data
+    except OSError as exc:
+        raise TransferError(f"cannot read {src}: {exc.strerror or exc}") from exc
+
+
+def copy_file(
+    src: Path,
+    dst: Path,
+    *,
+    progress: ByteProgress | None = None,
+    expected_sha256: str | None = None,
+    chunk: int = CHUNK,
+) -> str:
+    """Copy `src` to the new file `dst`; returns the sha256 hex digest of what was written."""
+    try:
+        total = src.stat().st_size
+    except OSError as exc:
+        raise TransferError(f"cannot read {src}: {exc.strerror or exc}") from exc
+    return _write_chunks(
+        _read_file(src, chunk), dst, total=total, progress=progress, expected_sha256=expected_sha256, max_bytes=None
+    )
+
+
+def _check_url(url: str) -> None:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidSpec("url", f"{url!r} is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidSpec("url", f"{url!r} is not an http or https URL")
+
+
+def download_url(
+    url: str,
+    dst: Path,
+    *,
+    progress: ByteProgress | None = None,
+    expected_sha256: str | None = None,
+    timeout: float = 30.0,
+    max_bytes: int | None = None,
+) -> str:
+    """Download `url` into the new file `dst`; returns the sha256 hex digest. `timeout` bounds each network wait."""
+    _check_url(url)
+    _normalized_sha256(expected_sha256)  # fail before connecting
+    # identity: the checksum and Content-Length are of the file itself, not of a compressed transfer.
+    headers = {"Accept-Encoding": "identity"}
+    try:
+        with (
+            httpx.Client(follow_redirects=True, timeout=timeout, headers=headers) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code >= 400:
+                raise TransferError(
+                    f"GET {url} failed: HTTP {response.status_code} {response.reason_phrase}",
+                    status=response.status_code,
+                )
+            length = response.headers.get("Content-Length", "")
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            # A server may compress anyway; then Content-Length counts compressed bytes, not the file's.
+            total = int(length) if length.isdigit() and not encoded else None
+            return _write_chunks(
+                response.iter_bytes(CHUNK),
+                dst,
+                total=total,
+                progress=progress,
+                expected_sha256=expected_sha256,
+                max_bytes=max_bytes,
+            )
+    except httpx.HTTPError as exc:
+        raise TransferError(f"GET {url} failed: {str(exc) or type(exc).__name__}") from exc
+
+
+def write_stream(
+    chunks: Iterable[bytes],
+    dst: Path,
+    *,
+    total: int | None,
+    progress: ByteProgress | None = None,
+    expected_sha256: str | None = None,
+    max_bytes: int | None = None,
+) -> str:
+    """Write an upload body into the new file `dst`; returns the sha256 hex digest. `total` is the declared size."""
+    return _write_chunks(
+        chunks, dst, total=total, progress=progress, expected_sha256=expected_sha256, max_bytes=max_bytes
+    )
