@@ -115,3 +115,17 @@ def test_commas_in_run_paths_are_escaped() -> None:
     assert argv[argv.index("-qmp") + 1].startswith("unix:/data,,x/")
     chardev = argv[argv.index("-chardev") + 1]
     assert "path=/data,,x/" in chardev and "logfile=/data,,x/" in chardev
+
+
+def test_backing_chain_is_opened_explicitly_and_read_only() -> None:
+    disk = DiskSpec(path="/p/clone.qcow2", backing_chain=[{"path": "/p/snap.qcow2", "format": "qcow2"},
+                                                          {"path": "/p/base.raw", "format": "raw"}])
+    spec = VmSpec(name="c", disks=[disk])
+    nodes = _blockdevs(build_argv(VM_ID, spec, BOOT, PATHS, accel="tcg"))
+    formats = [n for n in nodes if n["driver"] != "file"]
+    # lowest layer first; each qcow2 layer names the node below it, so no file is ever found through a header
+    assert [n["driver"] for n in formats] == ["raw", "qcow2", "qcow2"]
+    assert formats[1]["backing"] == formats[0]["node-name"] and formats[2]["backing"] == formats[1]["node-name"]
+    assert formats[2]["node-name"] == disk.node_name and formats[2]["read-only"] is False
+    assert formats[0]["read-only"] is True and formats[1]["read-only"] is True
+    assert [n["filename"] for n in nodes if n["driver"] == "file"] == ["/p/base.raw", "/p/snap.qcow2", "/p/clone.qcow2"]

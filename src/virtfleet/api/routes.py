@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from virtfleet.api.schemas import Health, HostOut, ImageOut
+from virtfleet.errors import InvalidSpec
+from virtfleet.images.bootdisk import build_boot_disk
+from virtfleet.images.tiny import default_cmdline
 from virtfleet.jobs.runner import JobContext
 from virtfleet.model.job import Event, Job
-from virtfleet.model.vm import Vm, VmSpec
+from virtfleet.model.storage import SizeBytes, parse_volume_ref
+from virtfleet.model.vm import VOLUME_REF_PATTERN, Vm, VmSpec
 from virtfleet.server import Server
 
 router = APIRouter()
@@ -66,6 +73,28 @@ async def build_image(name: str, server: ServerDep, response: Response) -> Job:
         return f"built image '{built.name}' (kernel {built.kernel_release})"
 
     return accepted(server.runner.submit("image.build", f"image:{name}", f"image '{name}'", work), response)
+
+
+class BootDiskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    volume: str = Field(pattern=VOLUME_REF_PATTERN, description="POOL/NAME of the new volume")
+    size: SizeBytes = 128 * 1024 * 1024
+
+
+@router.post("/images/{name}/boot-disk", response_model=Job, status_code=202, tags=["images"])
+async def build_boot_disk_volume(name: str, body: BootDiskIn, server: ServerDep, response: Response) -> Job:
+    """Make a bootable qcow2 volume (syslinux + the image's kernel and initramfs) for VMs that boot from a disk."""
+    image = server.images.built(name)
+    kernel = Path("/boot") / f"vmlinuz-{image.kernel_release}"
+    if not kernel.is_file():
+        raise InvalidSpec("name", f"{kernel} (the bzImage of image '{name}') is not on this host")
+    pool, volume = parse_volume_ref(body.volume)
+
+    def build(dest: Path, say: Callable[[str], None]) -> object:
+        return build_boot_disk(dest, kernel_bzimage=kernel, initrd=image.initrd, cmdline=default_cmdline("q35", None),
+                               size_mib=body.size >> 20, progress=say)
+
+    return accepted(server.storage.build_volume(pool, volume, "qcow2", build, f"boot disk of image '{name}'"), response)
 
 
 @router.delete("/images/{name}", status_code=204, tags=["images"])

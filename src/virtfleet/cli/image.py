@@ -42,3 +42,10 @@ def delete(name: str, as_json: bool = JsonOption) -> None:
     """Delete a built image."""
     run(as_json, lambda c: c.delete(f"/images/{name}") or {"deleted": name},
         lambda _r: out.print(f"deleted image '{name}'"))
+
+
+@app.command("boot-disk")
+def boot_disk(name: str, volume: str = typer.Argument(..., help="POOL/NAME of the new volume"),
+              size: str = typer.Option("128M", help="Disk size."), as_json: bool = JsonOption) -> None:
+    """Make a bootable disk volume from an image (syslinux + its kernel and initramfs), for q35 disk boot."""
+    run_job(as_json, lambda c: c.post(f"/images/{name}/boot-disk", json={"volume": volume, "size": size}))

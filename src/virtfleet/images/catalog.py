@@ -81,6 +81,12 @@ class ImageCatalog:
             raise NotFound("image", name)
         shutil.rmtree(self.root / name)
 
+    def built(self, name: str) -> BuiltImage:
+        built = self._load(name)
+        if built is None:
+            raise NotFound("built image", name)
+        return built
+
     def check_spec(self, spec: VmSpec) -> BuiltImage | None:
         """The built image a spec names (None: it boots from a disk); refuses a missing one with the fix."""
         if spec.image is None:

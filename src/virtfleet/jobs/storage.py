@@ -255,6 +255,28 @@ class StorageService:
 
         return self._submit("volume.clone", new_ref, work)
 
+    def build_volume(self, pool_name: str, name: str, fmt: VolumeFormat,
+                     build: Callable[[Path, Callable[[str], None]], object], kind: str) -> Job:
+        """Make a volume with a builder (e.g. a bootable disk) that writes the image file it is given."""
+        pool = self.repo.get_pool(pool_name)
+        backend = self._check_new(pool, name, fmt, None)
+        if not backend.supports_backing_files:
+            raise Unsupported(f"{pool.spec.type} pools hold raw block devices; build disk images in a dir pool")
+
+        def work(context: JobContext) -> str:
+            final = backend.volume_path(name)
+            with transfer.atomic_destination(final) as temp:
+                build(temp, lambda message: context.progress(min(90, context.job.progress + 15), message))
+            try:
+                size = qemu_img.info(final, fmt).virtual_size
+                volume = self.repo.add_volume(pool.name, name, fmt, size, str(final))
+            except BaseException:
+                final.unlink(missing_ok=True)  # no file without a record
+                raise
+            return f"built {kind} {volume.ref} ({size} bytes)"
+
+        return self._submit("volume.build", f"{pool.name}/{name}", work)
+
     def import_url(self, pool_name: str, name: str, url: str, fmt: str, *, sha256: str | None = None) -> Job:
         pool = self.repo.get_pool(pool_name)
         if fmt not in IMPORT_FORMATS:

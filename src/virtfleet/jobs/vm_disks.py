@@ -9,7 +9,8 @@ from virtfleet.images.cloudinit import CloudInit, build_seed_iso
 from virtfleet.jobs.storage import StorageService
 from virtfleet.model.job import JobStatus
 from virtfleet.model.storage import Volume
-from virtfleet.model.vm import CloudInitSpec, DiskSpec, Vm, VmSpec
+from virtfleet.model.vm import BackingLayer, CloudInitSpec, DiskSpec, Vm, VmSpec
+from virtfleet.storage import qemu_img
 from virtfleet.store.db import Database
 
 
@@ -19,6 +20,32 @@ def vm_using(db: Database, path: str, *, except_vm: str | None = None) -> str | 
         if vm.name != except_vm and any(disk.path == path for disk in vm.spec.disks):
             return vm.name
     return None
+
+
+MAX_CHAIN = 32
+
+
+def backing_chain(disk: DiskSpec, roots: list[Path], field: str) -> list[BackingLayer]:
+    """Walk a disk's backing files one header at a time (qemu-img info never opens a backing file), refusing any
+    that leaves the pools, names a protocol, or has no explicit qcow2/raw format."""
+    assert disk.path is not None
+    layers: list[BackingLayer] = []
+    current, fmt = Path(disk.path), str(disk.format)
+    for _ in range(MAX_CHAIN):
+        info = qemu_img.info(current, fmt)
+        if info.backing_file is None:
+            return layers
+        name = info.backing_file
+        if ":" in name.split("/", 1)[0] or name.startswith("json:"):
+            raise InvalidSpec(field, f"{current} names a backing file by protocol ({name}); refused")
+        if info.backing_format not in ("qcow2", "raw"):
+            raise InvalidSpec(field, f"{current} has a backing file without an explicit qcow2/raw format")
+        backing = (current.parent / name).resolve()
+        if not any(backing.is_relative_to(root) for root in roots):
+            raise InvalidSpec(field, f"the backing file of {current} points outside the storage pools: {backing}")
+        layers.append(BackingLayer(path=str(backing), format=info.backing_format))
+        current, fmt = backing, info.backing_format
+    raise InvalidSpec(field, f"the backing chain of {disk.path} is deeper than {MAX_CHAIN}")
 
 
 def cloud_init_for(name: str, vm_id: str, spec: CloudInitSpec) -> CloudInit:
@@ -36,14 +63,17 @@ class DiskResolver:
         self.seed_dir = seed_dir
 
     def boot_spec(self, vm: Vm) -> VmSpec:
-        """The spec QEMU runs: the VM's own, plus the cloud-init seed disk (rebuilt each start from the spec)."""
-        if vm.spec.cloud_init is None:
-            return vm.spec
-        self.seed_dir.mkdir(parents=True, exist_ok=True)
-        seed = self.seed_dir / f"{vm.id}.iso"
-        build_seed_iso(cloud_init_for(vm.name, vm.id, vm.spec.cloud_init), seed)
-        disk = DiskSpec(path=str(seed), format="raw", readonly=True)
-        return vm.spec.model_copy(update={"disks": [*vm.spec.disks, disk]})
+        """The spec QEMU runs: the VM's own with each disk's checked backing chain, plus the cloud-init seed disk
+        (rebuilt at each start from the spec)."""
+        roots = [root.resolve() for root in self.storage.pool_roots()]
+        disks = [disk.model_copy(update={"backing_chain": backing_chain(disk, roots, f"disks[{index}]")})
+                 for index, disk in enumerate(vm.spec.disks)]
+        if vm.spec.cloud_init is not None:
+            self.seed_dir.mkdir(parents=True, exist_ok=True)
+            seed = self.seed_dir / f"{vm.id}.iso"
+            build_seed_iso(cloud_init_for(vm.name, vm.id, vm.spec.cloud_init), seed)
+            disks.append(DiskSpec(path=str(seed), format="raw", readonly=True))
+        return vm.spec.model_copy(update={"disks": disks})
 
     def forget_seed(self, vm: Vm) -> None:
         (self.seed_dir / f"{vm.id}.iso").unlink(missing_ok=True)

@@ -29,6 +29,13 @@ def _memory_mib(value: object) -> object:
 MemoryMiB = Annotated[int, BeforeValidator(_memory_mib), Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
 
 
+class BackingLayer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    format: Literal["raw", "qcow2"]
+
+
 CacheMode = Literal["writeback", "none", "writethrough", "directsync", "unsafe"]
 
 
@@ -46,6 +53,10 @@ class DiskSpec(BaseModel):
     cache: CacheMode = "writeback"
     discard: Literal["ignore", "unmap"] = "ignore"
     boot_index: int | None = Field(default=None, ge=0, le=255, description="firmware boot order (disk boot only)")
+    backing_chain: list[BackingLayer] = Field(
+        default_factory=list, max_length=32,
+        description="filled in by virtfleet at each start (checked to stay inside the pools): the files below `path`",
+    )
 
     @field_validator("path")
     @classmethod

@@ -36,25 +36,32 @@ _CACHE = {
 }
 
 
-def blockdev_nodes(disk: DiskSpec) -> tuple[dict[str, object], dict[str, object]]:
-    """The -blockdev / blockdev-add options of a disk: a file node and a format node on top of it."""
+def blockdev_nodes(disk: DiskSpec) -> list[dict[str, object]]:
+    """The -blockdev / blockdev-add options of a disk, lowest layer first: per layer a file node and a format node.
+
+    Every layer is named explicitly and the lowest has "backing": null, so QEMU opens exactly the files virtfleet
+    checked, never one named inside an image header.
+    """
     if disk.path is None:
         raise ValueError(f"disk {disk.volume} has no resolved path")
     direct, no_flush, _ = _CACHE[disk.cache]
-    node = disk.node_name
     cache = {"direct": direct, "no-flush": no_flush}
-    file_node: dict[str, object] = {
-        "driver": "file", "filename": disk.path, "node-name": f"{node}-file", "read-only": disk.readonly,
-        "cache": cache, "discard": disk.discard,
-    }
-    # The format is always explicit, and a qcow2 never opens a backing file named in its own header.
-    format_node: dict[str, object] = {
-        "driver": disk.format, "file": f"{node}-file", "node-name": node, "read-only": disk.readonly,
-        "cache": cache, "discard": disk.discard,
-    }
-    if disk.format == "qcow2":
-        format_node["backing"] = None
-    return file_node, format_node
+    layers = [(disk.path, disk.format, disk.node_name)] + [
+        (layer.path, layer.format, f"{disk.node_name}-b{depth}") for depth, layer in enumerate(disk.backing_chain, 1)
+    ]
+    nodes: list[dict[str, object]] = []
+    below: str | None = None
+    for path, fmt, node in reversed(layers):
+        read_only = disk.readonly or node != disk.node_name  # backing layers are never written
+        nodes.append({"driver": "file", "filename": path, "node-name": f"{node}-file", "read-only": read_only,
+                      "cache": cache, "discard": disk.discard})
+        format_node: dict[str, object] = {"driver": fmt, "file": f"{node}-file", "node-name": node,
+                                          "read-only": read_only, "cache": cache, "discard": disk.discard}
+        if fmt == "qcow2":
+            format_node["backing"] = below
+        nodes.append(format_node)
+        below = node
+    return nodes
 
 
 def disk_device(disk: DiskSpec, machine: str, *, bus: str | None = None) -> dict[str, object]:
