@@ -18,7 +18,7 @@ from virtfleet.images.tiny import default_cmdline
 from virtfleet.jobs.runner import JobContext
 from virtfleet.model.job import Event, Job
 from virtfleet.model.storage import SizeBytes, parse_volume_ref
-from virtfleet.model.vm import VOLUME_REF_PATTERN, Vm, VmSpec
+from virtfleet.model.vm import VOLUME_REF_PATTERN, DiskSpec, Vm, VmSpec
 from virtfleet.server import Server
 
 router = APIRouter()
@@ -126,6 +126,21 @@ async def delete_vm(
 ) -> Job:
     """Delete a VM (running: only with force=true). Its volumes are kept unless delete_volumes=true."""
     return accepted(server.vms.delete(ref, force=force, delete_volumes=delete_volumes), response)
+
+
+@router.post("/vms/{ref}/disks", response_model=Job, status_code=202, tags=["vms"])
+async def attach_disk(ref: str, disk: DiskSpec, server: ServerDep, response: Response) -> Job:
+    """Attach a volume: hot-plugged into a running q35 VM (virtio-blk), or recorded for the next start."""
+    return accepted(server.vms.attach_disk(ref, disk), response)
+
+
+@router.delete("/vms/{ref}/disks/{disk:path}", response_model=Job, status_code=202, tags=["vms"])
+async def detach_disk(
+    ref: str, disk: str, server: ServerDep, response: Response,
+    timeout: Annotated[float, Query(gt=0, le=600)] = 30.0,
+) -> Job:
+    """Detach a disk (its volume POOL/NAME or path); a running guest must release it within `timeout` seconds."""
+    return accepted(server.vms.detach_disk(ref, disk, timeout), response)
 
 
 SimpleAction = Literal["start", "stop", "reboot", "pause", "resume"]

@@ -261,3 +261,29 @@ def console(name: str) -> None:
     from virtfleet.cli.console import attach
 
     raise typer.Exit(attach(name))
+
+
+disks = typer.Typer(help="Attach and detach disks (hot-plug on running q35 VMs).", no_args_is_help=True)
+app.add_typer(disks, name="disk")
+
+
+@disks.command("attach")
+def disk_attach(
+    name: str, volume: str = typer.Argument(..., help="POOL/NAME (or NAME in the default pool)"),
+    bus: str = typer.Option("virtio-blk", help="virtio-blk or virtio-scsi (hot-plug: virtio-blk only)."),
+    cache: str = typer.Option("writeback", help="writeback, none, writethrough, directsync or unsafe."),
+    discard: str = typer.Option("ignore", help="ignore or unmap (pass guest TRIM through)."),
+    readonly: bool = typer.Option(False, "--readonly"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Attach a volume to a VM."""
+    body = {"volume": volume, "bus": bus, "cache": cache, "discard": discard, "readonly": readonly}
+    run_job(as_json, lambda c: c.post(f"/vms/{name}/disks", json=body))
+
+
+@disks.command("detach")
+def disk_detach(name: str, volume: str = typer.Argument(..., help="POOL/NAME, NAME or the disk's path"),
+                timeout: float = typer.Option(30.0, help="Seconds the guest gets to release the disk."),
+                as_json: bool = JsonOption) -> None:
+    """Detach a disk from a VM (its volume is kept)."""
+    run_job(as_json, lambda c: c.delete(f"/vms/{name}/disks/{volume.lstrip('/')}", timeout=timeout))

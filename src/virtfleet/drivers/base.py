@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from virtfleet.model.vm import VmSpec, VmState
+from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Capabilities:
     reboot: bool = True
     acpi_shutdown: bool = True
     console: bool = True
-    disk_hotplug: bool = False
+    disk_hotplug: bool = True  # q35 only: microvm has no hot-plug bus
     nic_hotplug: bool = False
     snapshots: bool = False
     live_migration: bool = False
@@ -117,6 +117,15 @@ class Driver(Protocol):
     async def pause(self, vm_id: str) -> None: ...
 
     async def resume(self, vm_id: str) -> None: ...
+
+    async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        """Hot-plug a disk (path and backing chain resolved) into a running domain; Unsupported where the machine
+        has no hot-plug bus."""
+        ...
+
+    async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
+        """Hot-unplug a disk from a running domain; the guest must release it within `timeout`."""
+        ...
 
     async def open_console(self, vm_id: str) -> ConsoleStreams:
         """A bidirectional byte stream to the serial console; one client at a time."""

@@ -20,8 +20,8 @@ from virtfleet.drivers.base import (
     DriverConfig,
     HostInfo,
 )
-from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout
-from virtfleet.model.vm import VmSpec, VmState
+from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
+from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 READY_MARKER = "VIRTFLEET-READY"
 
@@ -154,6 +154,23 @@ class FakeDriver:
 
     async def resume(self, vm_id: str) -> None:
         self._require_live(vm_id, VmState.PAUSED).state = VmState.RUNNING
+
+    async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if domain.spec.machine != "q35":
+            raise Unsupported("microvm has no hot-plug bus: attach disks while the VM is stopped, or use q35")
+        if any(d.path == disk.path for d in domain.spec.disks):
+            raise Conflict(f"{disk.path} is already attached")
+        domain.spec = domain.spec.model_copy(update={"disks": [*domain.spec.disks, disk]})
+
+    async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if domain.spec.machine != "q35":
+            raise Unsupported("microvm has no hot-plug bus: detach disks while the VM is stopped, or use q35")
+        remaining = [d for d in domain.spec.disks if d.path != disk.path]
+        if len(remaining) == len(domain.spec.disks):
+            raise NotFound("disk", disk.path or "")
+        domain.spec = domain.spec.model_copy(update={"disks": remaining})
 
     async def open_console(self, vm_id: str) -> ConsoleStreams:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)

@@ -75,6 +75,9 @@ class DiskResolver:
             disks.append(DiskSpec(path=str(seed), format="raw", readonly=True))
         return vm.spec.model_copy(update={"disks": disks})
 
+    def chain_of(self, disk: DiskSpec, field: str) -> list[BackingLayer]:
+        return backing_chain(disk, [root.resolve() for root in self.storage.pool_roots()], field)
+
     def forget_seed(self, vm: Vm) -> None:
         (self.seed_dir / f"{vm.id}.iso").unlink(missing_ok=True)
 

@@ -10,12 +10,12 @@ import os
 from collections.abc import Awaitable, Callable
 
 from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
-from virtfleet.errors import OperationTimeout, VirtfleetError
+from virtfleet.errors import NotFound, OperationTimeout, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.jobs.vm_disks import DiskResolver
 from virtfleet.model.job import Event, Job
-from virtfleet.model.vm import Vm, VmOperation, VmSpec, VmState, require
+from virtfleet.model.vm import DiskSpec, Vm, VmOperation, VmSpec, VmState, is_live, require
 from virtfleet.store.db import Database
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -179,6 +179,48 @@ class VmService:
 
             return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced)
         return self._submit(ref, VmOperation.DELETE, undefine)
+
+    # --- disks -----------------------------------------------------------------------------------------------
+    def attach_disk(self, ref: str, disk: DiskSpec) -> Job:
+        """Attach a disk: hot-plugged into a running q35 VM, or recorded for the next start of a stopped one."""
+        vm = self.db.get_vm(ref)
+        field = f"disks[{len(vm.spec.disks)}]"
+        resolved = self.disks.resolve_disk(disk, field, vm_name=vm.name)
+        spec = self.disks.resolve(vm.spec.model_copy(update={"disks": [*vm.spec.disks, resolved]}), vm_name=vm.name)
+        label = resolved.volume or resolved.path
+
+        async def work(vm: Vm, context: JobContext) -> str:
+            if is_live(vm.state):
+                chain = self.disks.chain_of(resolved, field)
+                await self.driver.attach_disk(vm.id, resolved.model_copy(update={"backing_chain": chain}))
+            self.db.update_vm_spec(vm.id, spec)
+            await self.driver.define(vm.id, spec)
+            where = "hot-plugged into the running VM" if is_live(vm.state) else "attached for the next start"
+            self.db.add_event(vm.id, "disk-attached", f"{label} {where}")
+            return f"{label} {where}"
+
+        return self._submit(ref, VmOperation.ATTACH_DISK, work)
+
+    def detach_disk(self, ref: str, disk_ref: str, timeout: float = 30.0) -> Job:
+        vm = self.db.get_vm(ref)
+        # A volume POOL/NAME, NAME in the default pool, or a path (a URL path arrives without its leading slash).
+        wanted = {disk_ref, f"default/{disk_ref}", f"/{disk_ref}"}
+        disk = next((d for d in vm.spec.disks if d.volume in wanted or d.path in wanted), None)
+        if disk is None:
+            raise NotFound("disk", f"{disk_ref} on vm '{vm.name}'")
+        spec = vm.spec.model_copy(update={"disks": [d for d in vm.spec.disks if d is not disk]})
+
+        async def work(vm: Vm, context: JobContext) -> str:
+            if is_live(vm.state):
+                context.progress(20, "waiting for the guest to release the disk")
+                await self.driver.detach_disk(vm.id, disk, timeout)
+            self.db.update_vm_spec(vm.id, spec)
+            await self.driver.define(vm.id, spec)
+            message = f"detached {disk.volume or disk.path}"
+            self.db.add_event(vm.id, "disk-detached", message)
+            return message
+
+        return self._submit(ref, VmOperation.DETACH_DISK, work)
 
     # --- console ---------------------------------------------------------------------------------------------
     async def open_console(self, ref: str) -> tuple[Vm, ConsoleStreams]:

@@ -141,6 +141,8 @@ class VmOperation(enum.StrEnum):
     RESUME = "resume"
     DELETE = "delete"
     CONSOLE = "console"
+    ATTACH_DISK = "attach-disk"
+    DETACH_DISK = "detach-disk"
 
 
 _LIVE = frozenset({VmState.RUNNING, VmState.PAUSED, VmState.STARTING, VmState.STOPPING})
@@ -156,6 +158,8 @@ ALLOWED: dict[VmOperation, frozenset[VmState]] = {
     VmOperation.RESUME: frozenset({VmState.PAUSED}),
     VmOperation.DELETE: _DOWN,
     VmOperation.CONSOLE: frozenset({VmState.RUNNING, VmState.PAUSED}),
+    VmOperation.ATTACH_DISK: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING}),
+    VmOperation.DETACH_DISK: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING}),
 }
 
 

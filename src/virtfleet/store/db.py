@@ -165,6 +165,14 @@ class Database:
                 row.accel = accel
             return _vm(row)
 
+    def update_vm_spec(self, vm_id: str, spec: VmSpec) -> Vm:
+        with self.session() as session:
+            row = session.get(VmRow, vm_id)
+            if row is None:
+                raise NotFound("vm", vm_id)
+            row.spec_json, row.spec_version, row.updated_at = spec.model_dump_json(), SPEC_SCHEMA_VERSION, utcnow()
+            return _vm(row)
+
     def delete_vm(self, vm_id: str) -> None:
         with self.session() as session:
             session.execute(delete(EventRow).where(EventRow.vm_id == vm_id))

@@ -29,7 +29,7 @@ from virtfleet.drivers.base import (
     HostInfo,
 )
 from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
-from virtfleet.drivers.qemu.argv import build_argv
+from virtfleet.drivers.qemu.argv import HOTPLUG_PORTS, blockdev_nodes, build_argv, disk_device
 from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
 from virtfleet.drivers.qemu.runtime import (
     RunPaths,
@@ -40,8 +40,8 @@ from virtfleet.drivers.qemu.runtime import (
     trim_log,
     write_record,
 )
-from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout
-from virtfleet.model.vm import VmSpec, VmState
+from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
+from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +367,70 @@ class QemuDriver:
     async def resume(self, vm_id: str) -> None:
         _, monitor, _ = await self._require_running(vm_id)
         await monitor.execute("cont")
+
+    # --- disks ---------------------------------------------------------------------------------------------
+    def _hotplug_machine(self, paths: RunPaths) -> str:
+        spec = self._spec(paths)
+        if spec is None or spec.machine != "q35":
+            raise Unsupported("microvm has no hot-plug bus: attach or detach disks while the VM is stopped, "
+                              "or use machine q35")
+        return spec.machine
+
+    async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        paths, monitor, _ = await self._require_running(vm_id)
+        machine = self._hotplug_machine(paths)
+        if disk.bus != "virtio-blk":
+            raise Unsupported("only virtio-blk disks can be hot-plugged; attach virtio-scsi disks while stopped")
+        async with self._lock(vm_id):
+            added: list[str] = []
+            try:
+                for node in blockdev_nodes(disk):
+                    await monitor.execute("blockdev-add", node)
+                    added.append(str(node["node-name"]))
+                await self._plug_into_free_port(monitor, disk_device(disk, machine))
+            except BaseException:
+                for node_name in reversed(added):  # leave nothing half-attached
+                    with contextlib.suppress(DriverError):
+                        await monitor.execute("blockdev-del", {"node-name": node_name})
+                raise
+
+    async def _plug_into_free_port(self, monitor: Monitor, device: dict[str, object]) -> None:
+        """A hot-plugged PCIe device needs an empty root port: try them in turn."""
+        last: DriverError | None = None
+        for port in range(HOTPLUG_PORTS):
+            try:
+                await monitor.execute("device_add", {**device, "bus": f"hp{port}"})
+                return
+            except MonitorGone:
+                raise
+            except DriverError as error:
+                last = error
+        raise Conflict(f"no free hot-plug slot ({HOTPLUG_PORTS} in all): {last.cause if last else ''}")
+
+    async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
+        paths, monitor, _ = await self._require_running(vm_id)
+        self._hotplug_machine(paths)
+        device_id = f"{disk.node_name}-dev"
+        async with self._lock(vm_id):
+            await monitor.execute("device_del", {"id": device_id})
+            # The guest has to let go first (PCIe hot-unplug goes through its attention-button handling).
+            deadline = time.monotonic() + timeout
+            while await self._device_present(monitor, device_id):
+                if time.monotonic() >= deadline:
+                    raise OperationTimeout(f"the guest did not release {disk.volume or disk.path} within {timeout:g}s")
+                await asyncio.sleep(0.2)
+            for node in reversed(blockdev_nodes(disk)):
+                with contextlib.suppress(DriverError):
+                    await monitor.execute("blockdev-del", {"node-name": node["node-name"]})
+
+    async def _device_present(self, monitor: Monitor, device_id: str) -> bool:
+        try:
+            await monitor.execute("qom-get", {"path": f"/machine/peripheral/{device_id}", "property": "type"})
+        except MonitorGone:
+            raise
+        except DriverError:
+            return False
+        return True
 
     # --- console -------------------------------------------------------------------------------------------
     async def open_console(self, vm_id: str) -> ConsoleStreams:

@@ -1,0 +1,48 @@
+"""Disk hot-plug into a running q35 guest through QMP, and the refusal on microvm."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration.conftest import READY, Daemon
+from tests.integration.test_qemu_vm_api import console_run
+
+pytestmark = pytest.mark.integration
+
+
+def test_hotplug_and_unplug_a_volume_on_a_running_q35_guest(daemon: Daemon) -> None:
+    daemon.ok("POST", "/pools/default/volumes", json={"name": "extra", "size": "32M"})
+    daemon.ok("POST", "/pools/default/volumes", json={"name": "cold", "size": "16M"})
+    assert daemon.call("POST", "/vms", json={"name": "hp", "machine": "q35", "memory": "256M"}).status_code == 201
+    assert daemon.call("POST", "/vms", json={"name": "mv", "memory": "128M"}).status_code == 201
+    daemon.ok("POST", "/vms/hp/start")
+    daemon.wait_log("hp", rf"{READY} hostname=hp")
+    before = console_run(daemon, "hp", "ls /sys/block; echo listed-$((1+1))", "listed-2")
+    assert "vda" not in before
+
+    attached = daemon.ok("POST", "/vms/hp/disks", json={"volume": "default/extra"})
+    assert "hot-plugged" in attached["message"]
+    # The guest sees a new virtio disk of the volume's size (in 512-byte sectors).
+    seen = console_run(daemon, "hp", "sleep 1; cat /sys/block/vda/size; echo sized-$((2+1))", "sized-3")
+    assert re.search(r"\b65536\b", seen), seen
+    assert daemon.vm("hp")["spec"]["disks"][0]["volume"] == "default/extra"
+    volumes = {v["name"]: v for v in daemon.call("GET", "/volumes").json()}
+    assert volumes["extra"]["attached_to"] == "hp"
+
+    detached = daemon.ok("DELETE", "/vms/hp/disks/default/extra", params={"timeout": 60})
+    assert "detached" in detached["message"] and daemon.vm("hp")["spec"]["disks"] == []
+    gone = console_run(daemon, "hp", "ls /sys/block; echo relisted-$((3+1))", "relisted-4")
+    assert "vda" not in gone.split("relisted")[0].split("ls /sys/block")[-1]
+
+    # microvm has no hot-plug bus: refused while running, the spec unchanged; attaching while stopped works.
+    daemon.ok("POST", "/vms/mv/start")
+    refused = daemon.job("POST", "/vms/mv/disks", json={"volume": "default/cold"})
+    assert refused["status"] == "failed" and "hot-plug" in refused["error"]
+    assert daemon.vm("mv")["spec"]["disks"] == []
+    daemon.ok("POST", "/vms/mv/stop")
+    daemon.ok("POST", "/vms/mv/disks", json={"volume": "default/cold"})
+    assert daemon.vm("mv")["spec"]["disks"][0]["volume"] == "default/cold"
+    for name in ("hp", "mv"):
+        daemon.ok("DELETE", f"/vms/{name}", params={"force": "true"})
