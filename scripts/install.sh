@@ -11,7 +11,7 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 # qemu + guest kernel/busybox: VMs; syslinux, mtools, dosfstools: bootable disk images; lvm2: lvm pools.
 packages=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 python3-venv python3-pip
-          syslinux syslinux-common mtools dosfstools lvm2)
+          syslinux syslinux-common mtools dosfstools lvm2 thin-provisioning-tools)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

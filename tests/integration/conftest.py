@@ -42,6 +42,18 @@ def qemu_pids(data_dir: Path) -> list[int]:
     return pids
 
 
+def wait_console(log: Path, marker: str, qemu: subprocess.Popen[bytes], timeout: float = 90) -> str:
+    """For tests that run QEMU by hand: wait until `marker` shows in its serial log (fail if QEMU exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if marker in text:
+            return text
+        assert qemu.poll() is None, f"QEMU exited with {qemu.returncode}:\n{text[-2000:]}"
+        assert time.monotonic() < deadline, f"no {marker!r} on the console:\n{text[-2000:]}"
+        time.sleep(0.05)
+
+
 @dataclass
 class Daemon:
     """One `virtfleet serve` process on a data directory, restartable like a real host daemon."""

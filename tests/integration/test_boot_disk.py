@@ -15,22 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import wait_console
 from virtfleet.images import bootdisk
 from virtfleet.images.bootdisk import PART_START, SECTOR, build_boot_disk
 from virtfleet.images.tiny import ImageBuildError, default_cmdline, find_host_kernel, load_image
 
 pytestmark = pytest.mark.integration
 
-
-def wait_console(log: Path, marker: str, qemu: subprocess.Popen[bytes], timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if marker in text:
-            return text
-        assert qemu.poll() is None, f"QEMU exited with {qemu.returncode}:\n{text[-2000:]}"
-        assert time.monotonic() < deadline, f"no {marker!r} on the console:\n{text[-2000:]}"
-        time.sleep(0.1)
 
 
 def test_raw_disk_has_an_active_fat_partition_with_syslinux(tiny_image_dir: Path, short_tmp: Path) -> None:

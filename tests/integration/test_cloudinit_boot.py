@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import wait_console
 from virtfleet.images.cloudinit import CloudInit, build_seed_iso
 from virtfleet.images.tiny import default_cmdline, host_tsc_khz, load_image
 
 pytestmark = pytest.mark.integration
 
-
-def wait_console(log: Path, marker: str, qemu: subprocess.Popen[bytes], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if marker in text:
-            return text
-        assert qemu.poll() is None, f"QEMU exited with {qemu.returncode}:\n{text[-2000:]}"
-        assert time.monotonic() < deadline, f"no {marker!r} on the console:\n{text[-2000:]}"
-        time.sleep(0.05)
 
 
 def test_tiny_guest_takes_its_hostname_from_the_seed(tiny_image_dir: Path, short_tmp: Path) -> None:

@@ -227,12 +227,12 @@ class StorageService:
                                             "make a full clone")
             if pool.name != source.pool:
                 raise InvalidSpec("pool", "a linked clone lives in its template's pool")
-        fmt: VolumeFormat = "qcow2" if linked else source.format
+        backend = self.backend(pool)
+        # A linked clone is a qcow2 overlay where files can back each other, a thin snapshot on lvm.
+        fmt: VolumeFormat = "qcow2" if linked and backend.supports_backing_files else source.format
+        if not backend.supports_backing_files and (not linked or getattr(backend, "snapshot_volume", None) is None):
+            raise Unsupported(f"{pool.spec.type} pools only make linked clones (thin snapshots); copy into a dir pool")
         backend = self._check_new(pool, new_name, fmt, None if linked else source.size)
-        if linked and not backend.supports_backing_files:
-            snapshot = getattr(backend, "snapshot_volume", None)
-            if snapshot is None:
-                raise Unsupported(f"{pool.spec.type} pools cannot make linked clones")
         new_ref = f"{pool.name}/{new_name}"
 
         def work(context: JobContext) -> str:
@@ -242,8 +242,7 @@ class StorageService:
                                                  backing_format=source.format)
                 else:
                     path = backend.snapshot_volume(new_name, source.name)  # type: ignore[attr-defined]
-                self.repo.add_volume(pool.name, new_name, fmt if backend.supports_backing_files else source.format,
-                                     source.size, str(path), base_id=source.id)
+                self.repo.add_volume(pool.name, new_name, fmt, source.size, str(path), base_id=source.id)
                 return f"linked clone {new_ref} of {source.ref}"
             final = backend.volume_path(new_name)
             with transfer.atomic_destination(final) as temp:
@@ -279,10 +278,9 @@ class StorageService:
 
     def import_url(self, pool_name: str, name: str, url: str, fmt: str, *, sha256: str | None = None) -> Job:
         pool = self.repo.get_pool(pool_name)
-        if fmt not in IMPORT_FORMATS:
-            raise InvalidSpec("format", f"one of {', '.join(IMPORT_FORMATS)}")
-        stored: VolumeFormat = fmt if fmt in ("qcow2", "raw") else "qcow2"  # type: ignore[assignment]
+        stored = stored_format(fmt)
         backend = self._check_new(pool, name, stored, None)
+        staging = pool_staging(backend)
         ref = f"{pool.name}/{name}"
 
         def work(context: JobContext) -> str:
@@ -292,7 +290,7 @@ class StorageService:
                 else:
                     context.progress(0, f"downloading: {done >> 20} MiB")
 
-            incoming = pool_staging(backend) / f"{name}.download"
+            incoming = staging / f"{name}.download"
             try:
                 digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256)
                 volume = self._register_incoming(pool, backend, name, incoming, fmt, stored, context)
@@ -306,9 +304,7 @@ class StorageService:
                      sha256: str | None = None, length: int | None = None) -> Volume:
         """Receive an upload (the request body) into the pool; checked and registered, or nothing is left."""
         pool = self.repo.get_pool(pool_name)
-        if fmt not in IMPORT_FORMATS:
-            raise InvalidSpec("format", f"one of {', '.join(IMPORT_FORMATS)}")
-        stored: VolumeFormat = fmt if fmt in ("qcow2", "raw") else "qcow2"  # type: ignore[assignment]
+        stored = stored_format(fmt)
         backend = self._check_new(pool, name, stored, length)
         ref = f"{pool.name}/{name}"
         self.runner.check_free(f"volume:{ref}", f"volume '{ref}'")
@@ -347,9 +343,19 @@ class StorageService:
         return self.repo.add_volume(pool.name, name, stored, info.virtual_size, str(final))
 
 
+def stored_format(fmt: str) -> VolumeFormat:
+    """What an imported image is kept as: qcow2 and raw as they are, other formats converted to qcow2."""
+    if fmt not in IMPORT_FORMATS:
+        raise InvalidSpec("format", f"one of {', '.join(IMPORT_FORMATS)}")
+    return "raw" if fmt == "raw" else "qcow2"
+
+
 def pool_staging(backend: PoolBackend) -> Path:
     """Where incoming data waits while it is checked: inside the pool (same file system, so the final move is a
     rename), in a directory volumes never live in."""
+    if not backend.supports_backing_files:
+        raise Unsupported(f"{backend.spec.type} pools hold block devices: upload or import into a dir pool, "
+                          "then copy")
     staging = backend.mount_path / ".incoming"
     staging.mkdir(exist_ok=True)
     return staging
