@@ -14,6 +14,7 @@ from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.images.catalog import Builder, ImageCatalog
 from virtfleet.jobs.runner import JobRunner
+from virtfleet.jobs.snapshots import SnapshotService
 from virtfleet.jobs.storage import StorageService
 from virtfleet.jobs.vm_disks import DiskResolver, vm_using
 from virtfleet.jobs.vms import VmService, host_name
@@ -31,6 +32,7 @@ class Server:
     images: ImageCatalog
     storage: StorageService
     vms: VmService
+    snapshots: SnapshotService
     reconciler: Reconciler
 
     @classmethod
@@ -47,8 +49,9 @@ class Server:
         storage.ensure_default_pool(settings.default_pool)
         disks = DiskResolver(db, storage, settings.data_dir / "seeds")
         vms = VmService(db, driver, runner, images, host=host, disks=disks)
+        snapshots = SnapshotService(db, driver, runner, storage, disks, images)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
-        return cls(settings, db, driver, runner, images, storage, vms, reconciler)
+        return cls(settings, db, driver, runner, images, storage, vms, snapshots, reconciler)
 
     async def start(self) -> None:
         for problem in await self.storage.activate_all():

@@ -34,7 +34,8 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
         lifespan=lifespan,
     )
     errors.install(app)
+    # Storage first: its /vms/{ref}/snapshots must win over the generic POST /vms/{ref}/{action}.
+    app.include_router(storage_router, prefix="/api/v1")
     app.include_router(routes.router, prefix="/api/v1")
     app.include_router(console_router, prefix="/api/v1")
-    app.include_router(storage_router, prefix="/api/v1")
     return app

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from virtfleet.api.routes import ServerDep, accepted
 from virtfleet.model.job import Job
+from virtfleet.model.snapshot import Snapshot, SnapshotSpec
 from virtfleet.model.storage import Pool, PoolSpec, SizeBytes, Volume, VolumeSpec
 from virtfleet.model.vm import NAME_PATTERN
 
@@ -47,6 +48,31 @@ class ImportIn(BaseModel):
     url: str = Field(max_length=4096)
     format: str = "qcow2"
     sha256: str | None = None
+
+
+# --- snapshots --------------------------------------------------------------------------------------------------
+@router.get("/vms/{ref}/snapshots", response_model=list[Snapshot], tags=["snapshots"])
+async def list_snapshots(ref: str, server: ServerDep) -> list[Snapshot]:
+    """A VM's snapshots, oldest first; `parent` links make the tree, `current` marks where the VM stands."""
+    return server.snapshots.for_vm(ref)
+
+
+@router.post("/vms/{ref}/snapshots", response_model=Job, status_code=202, tags=["snapshots"])
+async def create_snapshot(ref: str, spec: SnapshotSpec, server: ServerDep, response: Response) -> Job:
+    """Disk-only (external overlays, running or stopped) or with memory (running VMs with qcow2 disks)."""
+    return accepted(server.snapshots.create(ref, spec), response)
+
+
+@router.post("/vms/{ref}/snapshots/{name}/revert", response_model=Job, status_code=202, tags=["snapshots"])
+async def revert_snapshot(ref: str, name: str, server: ServerDep, response: Response) -> Job:
+    """Disk snapshots: the VM must be stopped. Memory snapshots: the VM resumes where it was."""
+    return accepted(server.snapshots.revert(ref, name), response)
+
+
+@router.delete("/vms/{ref}/snapshots/{name}", response_model=Job, status_code=202, tags=["snapshots"])
+async def delete_snapshot(ref: str, name: str, server: ServerDep, response: Response) -> Job:
+    """Delete a snapshot, merging its overlay into the frozen image (block-commit while the VM runs)."""
+    return accepted(server.snapshots.delete(ref, name), response)
 
 
 # --- pools ------------------------------------------------------------------------------------------------------

@@ -287,3 +287,50 @@ def disk_detach(name: str, volume: str = typer.Argument(..., help="POOL/NAME, NA
                 as_json: bool = JsonOption) -> None:
     """Detach a disk from a VM (its volume is kept)."""
     run_job(as_json, lambda c: c.delete(f"/vms/{name}/disks/{volume.lstrip('/')}", timeout=timeout))
+
+
+snapshots = typer.Typer(help="Snapshots: disk-only or with memory, kept as a tree.", no_args_is_help=True)
+app.add_typer(snapshots, name="snapshot")
+
+
+@snapshots.command("create")
+def snapshot_create(name: str, snapshot: str,
+                    memory: bool = typer.Option(False, "--memory", help="Also save RAM and device state."),
+                    description: str = typer.Option("", help="A note kept with the snapshot."),
+                    as_json: bool = JsonOption) -> None:
+    """Take a snapshot of a VM's disks (and memory with --memory)."""
+    body = {"name": snapshot, "memory": memory, "description": description}
+    run_job(as_json, lambda c: c.post(f"/vms/{name}/snapshots", json=body))
+
+
+def _tree(items: list[dict[str, Any]]) -> None:
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for item in items:
+        children.setdefault(item["parent"], []).append(item)
+
+    def show(parent: str | None, depth: int) -> None:
+        for item in children.get(parent, []):
+            mark = "  <- current" if item["current"] else ""
+            out.print(f"{'  ' * depth}{item['name']}  [{item['kind']}, {item['vm_state']}, "
+                      f"{item['created_at'][:19]}]{mark}")
+            show(item["name"], depth + 1)
+
+    show(None, 0)
+
+
+@snapshots.command("list")
+def snapshot_list(name: str, as_json: bool = JsonOption) -> None:
+    """Show a VM's snapshots as a tree."""
+    run(as_json, lambda c: c.get(f"/vms/{name}/snapshots"), _tree)
+
+
+@snapshots.command("revert")
+def snapshot_revert(name: str, snapshot: str, as_json: bool = JsonOption) -> None:
+    """Go back to a snapshot (disk snapshots: stop the VM first)."""
+    run_job(as_json, lambda c: c.post(f"/vms/{name}/snapshots/{snapshot}/revert"))
+
+
+@snapshots.command("delete")
+def snapshot_delete(name: str, snapshot: str, as_json: bool = JsonOption) -> None:
+    """Delete a snapshot (its data is merged, not lost)."""
+    run_job(as_json, lambda c: c.delete(f"/vms/{name}/snapshots/{snapshot}"))

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
@@ -24,7 +24,7 @@ class Capabilities:
     console: bool = True
     disk_hotplug: bool = True  # q35 only: microvm has no hot-plug bus
     nic_hotplug: bool = False
-    snapshots: bool = False
+    snapshots: bool = True
     live_migration: bool = False
 
 
@@ -69,6 +69,7 @@ class DriverConfig:
 
 
 ConsoleStreams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+MemoryAction = Literal["save", "load", "delete"]
 
 # Drivers write this line into the console history before each boot, so "this boot's output" is findable.
 BOOT_SEPARATOR = "[virtfleet] starting"
@@ -100,8 +101,10 @@ class Driver(Protocol):
         """Forget a stopped domain and remove what define() created; idempotent."""
         ...
 
-    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None) -> DomainStatus:
-        """Boot the domain: from `boot` (kernel + initramfs), or from its disks when None."""
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None, *, restore: str | None = None
+                    ) -> DomainStatus:
+        """Boot the domain: from `boot` (kernel + initramfs), or from its disks when None; with `restore`, resume
+        from that memory snapshot (internal snapshot tag) instead of booting."""
         ...
 
     async def shutdown(self, vm_id: str, timeout: float) -> None:
@@ -125,6 +128,19 @@ class Driver(Protocol):
 
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         """Hot-unplug a disk from a running domain; the guest must release it within `timeout`."""
+        ...
+
+    async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
+        """Live external snapshot of a running domain: each (current top image, new empty overlay backed by it)
+        pair switches to the overlay, all disks at the same instant."""
+        ...
+
+    async def commit_disk(self, vm_id: str, device_top: str, top: str, base: str) -> None:
+        """Live merge of the image `top` into its backing image `base` (`device_top`: the disk's active image)."""
+        ...
+
+    async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
+        """Save, load or delete an internal snapshot with RAM and device state in the qcow2 `images`."""
         ...
 
     async def open_console(self, vm_id: str) -> ConsoleStreams:

@@ -19,6 +19,7 @@ from virtfleet.drivers.base import (
     DomainStatus,
     DriverConfig,
     HostInfo,
+    MemoryAction,
 )
 from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
@@ -35,6 +36,8 @@ class FakeDomain:
     console: bytearray = field(default_factory=bytearray)
     console_open: bool = False
     ignore_acpi: bool = False  # a guest that does not react to the power button
+    memory_snapshots: set[str] = field(default_factory=set)
+    overlays: list[tuple[str, str]] = field(default_factory=list)  # live snapshots taken, for tests to inspect
 
 
 @dataclass
@@ -115,14 +118,18 @@ class FakeDriver:
             raise Conflict(f"domain {vm_id} is {domain.state.value}; stop it first")
         self.host.domains.pop(vm_id, None)
 
-    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None) -> DomainStatus:
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None, *, restore: str | None = None
+                    ) -> DomainStatus:
         domain = self._domain(vm_id)
         self._maybe_fail("start")
         if domain.state not in (VmState.STOPPED, VmState.CRASHED):
             raise Conflict(f"domain {vm_id} is already {domain.state.value}")
         self.host.next_pid += 1
         domain.spec, domain.state, domain.pid, domain.reason = spec, VmState.RUNNING, self.host.next_pid, ""
-        boot_output = f"\n{BOOT_SEPARATOR} {spec.name}\nfake boot of {boot.name if boot else 'disk'}\n"
+        if restore is not None and restore not in domain.memory_snapshots:
+            raise DriverError("fake restore failed", f"no memory snapshot {restore}")
+        source = f"memory snapshot {restore}" if restore else (boot.name if boot else "disk")
+        boot_output = f"\n{BOOT_SEPARATOR} {spec.name}\nfake boot of {source}\n"
         domain.console += f"{boot_output}{READY_MARKER} hostname={spec.name} kernel=fake\n".encode()
         return self._status(vm_id, domain)
 
@@ -171,6 +178,26 @@ class FakeDriver:
         if len(remaining) == len(domain.spec.disks):
             raise NotFound("disk", disk.path or "")
         domain.spec = domain.spec.model_copy(update={"disks": remaining})
+
+    async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
+        self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED).overlays.extend(overlays)
+
+    async def commit_disk(self, vm_id: str, device_top: str, top: str, base: str) -> None:
+        self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        self._maybe_fail("commit")
+
+    async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if not images:
+            raise DriverError("fake memory snapshot failed", "no qcow2 image to hold the VM state")
+        if action == "save":
+            domain.memory_snapshots.add(tag)
+        elif tag not in domain.memory_snapshots:
+            raise DriverError(f"fake memory snapshot {action} failed", f"no snapshot {tag}")
+        elif action == "delete":
+            domain.memory_snapshots.discard(tag)
+        else:
+            domain.console += f"restored memory snapshot {tag}\n".encode()
 
     async def open_console(self, vm_id: str) -> ConsoleStreams:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)

@@ -205,6 +205,11 @@ class StorageService:
 
         return self._submit("volume.delete", volume.ref, work)
 
+    def move_volume_top(self, ref: str, path: str, fmt: VolumeFormat) -> None:
+        """A snapshot put a new image on top of the volume (or merged one away): it is the volume's image now."""
+        volume = self.volume(ref)
+        self.repo.update_volume(volume.id, path=path, format=fmt)
+
     def set_template(self, ref: str, template: bool) -> Volume:
         volume = self.volume(ref)
         if template and volume.attached_to is not None:

@@ -6,6 +6,7 @@ Sync on purpose: every call is file-system or qemu-img work that the service run
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import os
 from pathlib import Path
@@ -93,6 +94,9 @@ class DirBackend:
         qemu_img.resize(self.volume_path(name), fmt, size, shrink=shrink)
 
     def delete_volume(self, name: str) -> None:
+        # Snapshots of a VM's disk live beside it as NAME@ID overlays: they belong to the volume.
+        for layer in self.mount_path.glob(f"{glob.escape(name)}@*"):
+            layer.unlink(missing_ok=True)
         self.volume_path(name).unlink(missing_ok=True)
 
 

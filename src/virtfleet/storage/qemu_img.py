@@ -186,7 +186,8 @@ def create(
         if backing_fmt is None:
             # Without it qemu would probe the backing file's format every time it opens the overlay.
             raise InvalidSpec("backing_format", "is required with a backing file")
-        args += ["-b", _backing_arg(backing), "-F", backing_fmt]
+        # -u: the size and format are given, so the backing file is not opened (a running VM may hold its lock).
+        args += ["-u", "-b", _backing_arg(backing), "-F", backing_fmt]
     if preallocation is not None:
         if preallocation not in PREALLOCATION_MODES:
             raise InvalidSpec("preallocation", f"must be one of {', '.join(sorted(PREALLOCATION_MODES))}")

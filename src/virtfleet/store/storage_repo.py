@@ -108,7 +108,8 @@ class StorageRepo:
             rows = list(session.scalars(select(VolumeRow).where(VolumeRow.base_id == volume_id)))
         return self._with_bases(rows)
 
-    def update_volume(self, volume_id: str, *, size: int | None = None, template: bool | None = None) -> Volume:
+    def update_volume(self, volume_id: str, *, size: int | None = None, template: bool | None = None,
+                      path: str | None = None, format: VolumeFormat | None = None) -> Volume:
         with self.db.session() as session:
             row = session.get(VolumeRow, volume_id)
             if row is None:
@@ -117,6 +118,10 @@ class StorageRepo:
                 row.size = size
             if template is not None:
                 row.template = template
+            if path is not None:
+                row.path = path
+            if format is not None:
+                row.format = format
         return self._with_bases([row])[0]
 
     def delete_volume(self, volume_id: str) -> None:

@@ -79,3 +79,19 @@ class VolumeRow(Base):
     template: Mapped[bool] = mapped_column(Boolean, default=False)
     base_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("volumes.id"), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("vm_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(String(36), ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    parent_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    current: Mapped[bool] = mapped_column(Boolean, default=False)
+    vm_state: Mapped[str] = mapped_column(String(16))
+    layers_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

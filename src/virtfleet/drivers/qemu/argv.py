@@ -52,11 +52,15 @@ def blockdev_nodes(disk: DiskSpec) -> list[dict[str, object]]:
     nodes: list[dict[str, object]] = []
     below: str | None = None
     for path, fmt, node in reversed(layers):
-        read_only = disk.readonly or node != disk.node_name  # backing layers are never written
-        nodes.append({"driver": "file", "filename": path, "node-name": f"{node}-file", "read-only": read_only,
-                      "cache": cache, "discard": disk.discard})
+        file_node: dict[str, object] = {"driver": "file", "filename": path, "node-name": f"{node}-file",
+                                        "read-only": disk.readonly, "cache": cache, "discard": disk.discard}
+        if node != disk.node_name and not disk.readonly:
+            # Backing layers are opened read-only, but may be reopened read-write when a snapshot is merged
+            # into them (block-commit); the guest never writes them.
+            file_node["auto-read-only"] = True
+        nodes.append(file_node)
         format_node: dict[str, object] = {"driver": fmt, "file": f"{node}-file", "node-name": node,
-                                          "read-only": read_only, "cache": cache, "discard": disk.discard}
+                                          "read-only": disk.readonly, "cache": cache, "discard": disk.discard}
         if fmt == "qcow2":
             format_node["backing"] = below
         nodes.append(format_node)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +29,9 @@ from virtfleet.drivers.base import (
     DomainStatus,
     DriverConfig,
     HostInfo,
+    MemoryAction,
 )
+from virtfleet.drivers.qemu import blockjobs
 from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
 from virtfleet.drivers.qemu.argv import HOTPLUG_PORTS, blockdev_nodes, build_argv, disk_device
 from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
@@ -262,7 +266,8 @@ class QemuDriver:
         shutil.rmtree(paths.root, ignore_errors=True)
 
     # --- power ---------------------------------------------------------------------------------------------
-    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None) -> DomainStatus:
+    async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None, *, restore: str | None = None
+                    ) -> DomainStatus:
         paths = self._require_defined(vm_id)
         async with self._lock(vm_id):
             if self._live_pid(vm_id, paths) is not None:
@@ -274,6 +279,8 @@ class QemuDriver:
             for stale in paths.transient():
                 stale.unlink(missing_ok=True)
             argv = build_argv(vm_id, spec, boot, paths, accel=accel, binary=binary)
+            if restore is not None:
+                argv += ["-loadvm", restore]  # resume the saved RAM and devices instead of booting
             # The console history spans boots; a separator lets readers find where this boot starts.
             with paths.console_log.open("ab") as history:
                 history.write(f"\n{BOOT_SEPARATOR} {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
@@ -431,6 +438,31 @@ class QemuDriver:
         except DriverError:
             return False
         return True
+
+    # --- snapshots -----------------------------------------------------------------------------------------
+    async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        async with self._lock(vm_id):
+            named = [(top, overlay, "s" + hashlib.sha256(overlay.encode()).hexdigest()[:12])
+                     for top, overlay in overlays]
+            await blockjobs.external_snapshot(monitor, named)
+
+    async def commit_disk(self, vm_id: str, device_top: str, top: str, base: str) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        async with self._lock(vm_id):
+            await blockjobs.commit(monitor, device_top, top, base, f"commit-{secrets.token_hex(4)}")
+
+    async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        if not images:
+            raise Unsupported("a memory snapshot needs a qcow2 disk to hold the VM state; attach one")
+        async with self._lock(vm_id):
+            try:
+                await blockjobs.internal_snapshot(monitor, f"snapshot-{action}", tag, images,
+                                                  f"{action}-{secrets.token_hex(4)}")
+            finally:
+                if action == "load" and (await monitor.execute("query-status"))["status"] != "running":
+                    await monitor.execute("cont")  # a failed load leaves the vCPUs stopped
 
     # --- console -------------------------------------------------------------------------------------------
     async def open_console(self, vm_id: str) -> ConsoleStreams:

@@ -1,0 +1,583 @@
+#!/usr/bin/env python3
+"""Clone benchmark: linked and full clones of a template through the API vs. `qemu-img convert` run by hand.
+
+    .venv/bin/python bench/clone.py [--rounds 3] [--size 1G] [--linked 5] [--json-out bench/results/clone.json] [--keep]
+
+A `virtfleet serve` runs as a subprocess on a free port with a throw-away data directory under /tmp. The source is a
+qcow2 volume of --size filled with random data (written, not sparse): a raw file of random bytes is converted to qcow2
+locally and uploaded (PUT .../data?format=qcow2 with its sha256), then marked a template. Then, after one uncounted
+warm-up of each (which also checks the copies with `qemu-img compare`), --rounds rounds of:
+
+  (a) linked clone through the API: POST /volumes/default/<template>/clone {"linked": true} until its job is done
+      (--linked of them per round);
+  (b) full clone through the API: the same with {"linked": false};
+  (c) `qemu-img convert -f qcow2 -O qcow2 SRC DST` run directly on the template's file, DST in the same pool
+      directory, then an fsync of DST timed on its own (the API's full clone fsyncs before it publishes the volume).
+
+(b) and (c) alternate which goes first; the page cache is flushed (sync) before every timed operation, and every
+clone is deleted again (through the API, or unlinked for (c)) before the next one. Reported: medians and spread, the
+throughput (virtual size / time), the ratio full clone / qemu-img convert (target <= 1.05) and, for a like-for-like
+durability comparison, full clone / (convert + fsync); the linked clone median (target < 0.2 s).
+
+Whatever happens, the script deletes the volumes it made, stops the serve process, kills by pid any qemu-img still
+running on its data directory and removes that directory (unless --keep). The table goes to stdout, every sample to
+the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from virtfleet import __version__
+from virtfleet.client import ApiError, Client
+from virtfleet.model.units import parse_size_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+CHUNK = 4 * MiB
+TEMPLATE = "golden"
+JOB_TIMEOUT = 600.0
+LINKED_TARGET_S = 0.2
+RATIO_TARGET = 1.05
+
+console = Console(width=None if sys.stdout.isatty() else 110)
+Progress = Callable[[str], None]
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says what failed."""
+
+
+# --- small helpers ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def job_seconds(job: dict[str, Any]) -> float | None:
+    """Server-side duration of a job (created -> finished)."""
+    created, finished = parse_time(job.get("created_at")), parse_time(job.get("finished_at"))
+    return (finished - created).total_seconds() if created and finished else None
+
+
+def run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise BenchError(f"cannot run {argv[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def fsync_file(path: Path) -> float:
+    """fsync one file; returns the seconds it took."""
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def flush_page_cache_writes() -> None:
+    """Write back every dirty page now, so a timed operation never pays for the previous one's data."""
+    os.sync()
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
+def our_qemu_img_pids(marker: str) -> list[int]:
+    """Live qemu-img processes whose command line names `marker` (the benchmark's unique data directory)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = proc_cmdline(int(entry.name))
+        if argv and Path(argv[0]).name == "qemu-img" and any(marker in arg for arg in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def machine_facts(data_dir: Path) -> dict[str, Any]:
+    cpu_model = ""
+    mem_total_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total_kib = int(line.split()[1])
+    try:
+        qemu_img = run(["qemu-img", "--version"]).splitlines()[0].strip()
+    except BenchError as exc:
+        qemu_img = f"unknown ({exc})"
+    try:
+        fs_type = run(["stat", "-f", "-c", "%T", str(data_dir)]).strip()
+    except BenchError:
+        fs_type = "unknown"
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_mib": mem_total_kib // 1024,
+        "kernel": platform.release(),
+        "qemu_img_version": qemu_img,
+        "data_dir_fs": fs_type,
+        "python": platform.python_version(),
+        "virtfleet_version": __version__,
+    }
+
+
+# --- the serve process --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Serve:
+    data_dir: Path
+    port: int
+    driver: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no serve log)"
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"`virtfleet serve` exited with status {self.proc.returncode}; its log ends with:\n"
+                             f"{self.log_tail()}")
+
+    def start(self, client: Client, timeout: float = 30.0) -> float:
+        env = os.environ.copy()
+        env.pop("VIRTFLEET_DATABASE_URL", None)  # state must live in our throw-away data dir
+        env["VIRTFLEET_DATA_DIR"] = str(self.data_dir)
+        env["VIRTFLEET_DRIVER"] = self.driver
+        argv = [sys.executable, "-m", "virtfleet", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--driver", self.driver, "--log-level", "warning"]
+        t0 = time.perf_counter()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                client.get("/health")
+                return time.perf_counter() - t0
+            except ApiError:
+                time.sleep(0.05)
+        raise BenchError(f"`virtfleet serve` did not answer /health within {timeout:g}s; log:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    size: int
+    rounds: int
+    linked_per_round: int
+    data_dir: Path
+    serve: Serve
+    client: Client
+    results: dict[str, Any]
+    template_path: Path = Path()
+    made: list[str] = field(default_factory=list)  # volume names to remove at the end, in creation order
+    samples: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {"linked": [], "full": [], "qemu_img": []})
+    counter: int = 0
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.data_dir / "pools" / "default"
+
+    @property
+    def size_mib(self) -> float:
+        return self.size / MiB
+
+    def next_name(self, kind: str) -> str:
+        self.counter += 1
+        return f"{kind}{self.counter:03d}"
+
+    def wait_ok(self, job: dict[str, Any], what: str) -> dict[str, Any]:
+        done = self.client.wait_job(job, timeout=JOB_TIMEOUT)
+        if done["status"] != "succeeded":
+            self.serve.check_alive()
+            raise BenchError(f"{what}: job {done['id']} ({done['kind']}) ended {done['status']}: "
+                             f"[{done.get('error_code')}] {done.get('error')}")
+        return done
+
+    def delete_volume(self, name: str) -> None:
+        self.wait_ok(self.client.delete(f"/volumes/default/{name}"), f"delete volume {name}")
+        self.made.remove(name)
+
+    # setup: a template full of random data
+    def make_template(self, work: Path, progress: Progress) -> None:
+        raw = work / "source.raw"
+        qcow = work / "source.qcow2"
+        progress(f"writing {self.size_mib:.0f} MiB of random data")
+        t0 = time.perf_counter()
+        with raw.open("xb") as out:
+            left = self.size
+            while left:
+                n = min(CHUNK, left)
+                out.write(os.urandom(n))
+                left -= n
+        random_s = time.perf_counter() - t0
+        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)])
+        raw.unlink()
+        digest = hashlib.sha256()
+        with qcow.open("rb") as source:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+        file_bytes = qcow.stat().st_size
+        progress(f"uploading it as qcow2 ({file_bytes / MiB:.0f} MiB file) into the default pool")
+        t0 = time.perf_counter()
+        self.client.upload(f"/pools/default/volumes/{TEMPLATE}/data", qcow, format="qcow2",
+                           sha256=digest.hexdigest())
+        upload_s = time.perf_counter() - t0
+        self.made.append(TEMPLATE)
+        qcow.unlink()
+        self.client.post(f"/volumes/default/{TEMPLATE}/template", json={"template": True})
+        details = self.client.get(f"/volumes/default/{TEMPLATE}")
+        self.template_path = Path(details["volume"]["path"])
+        actual = int(details["actual_size"])
+        if details["volume"]["format"] != "qcow2" or details["volume"]["size"] != self.size:
+            raise BenchError(f"the uploaded template is not a {self.size}-byte qcow2: {details['volume']}")
+        if actual < self.size * 0.95:
+            raise BenchError(f"the template holds only {actual} bytes of {self.size}: it is sparse, not written")
+        self.results["template"] = {
+            "ref": f"default/{TEMPLATE}", "path": str(self.template_path), "virtual_size": self.size,
+            "actual_size": actual, "file_size": file_bytes, "random_data_s": random_s, "upload_s": upload_s,
+            "upload_mib_s": file_bytes / MiB / upload_s,
+        }
+
+    # (a) and (b): a clone through the API
+    def api_clone(self, *, linked: bool, verify: bool = False) -> dict[str, Any]:
+        name = self.next_name("linked" if linked else "full")
+        flush_page_cache_writes()
+        t0 = time.perf_counter()
+        job = self.client.post(f"/volumes/default/{TEMPLATE}/clone", json={"name": name, "linked": linked})
+        self.made.append(name)
+        posted = time.perf_counter() - t0
+        done = self.wait_ok(job, f"{'linked' if linked else 'full'} clone {name}")
+        seconds = time.perf_counter() - t0
+        path = self.pool_dir / name
+        sample: dict[str, Any] = {"name": name, "seconds": seconds, "post_s": posted, "job_s": job_seconds(done)}
+        if linked:
+            chain = self.client.get(f"/volumes/default/{name}")["backing_chain"]
+            if chain != [str(path), str(self.template_path)]:
+                raise BenchError(f"linked clone {name} has the backing chain {chain}")
+        else:
+            sample["fsync_after_s"] = fsync_file(path)  # ~0: the product fsyncs before it publishes
+            sample["mib_s"] = self.size_mib / seconds
+            sample["file_size"] = path.stat().st_size
+        if verify:
+            run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(self.template_path), str(path)])
+            sample["verified"] = True
+        self.delete_volume(name)
+        return sample
+
+    # (c): qemu-img convert by hand, on the same source, into the same directory
+    def qemu_img_convert(self, *, verify: bool = False) -> dict[str, Any]:
+        dst = self.pool_dir / f".bench-{self.next_name('convert')}"
+        flush_page_cache_writes()
+        try:
+            t0 = time.perf_counter()
+            run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(self.template_path), str(dst)])
+            seconds = time.perf_counter() - t0
+            fsync_s = fsync_file(dst)
+            sample: dict[str, Any] = {
+                "seconds": seconds, "fsync_after_s": fsync_s, "with_fsync_s": seconds + fsync_s,
+                "mib_s": self.size_mib / seconds, "file_size": dst.stat().st_size,
+            }
+            if verify:
+                run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(self.template_path), str(dst)])
+                sample["verified"] = True
+            return sample
+        finally:
+            dst.unlink(missing_ok=True)
+
+    def measure(self, progress: Progress) -> None:
+        progress("warm-up (uncounted): one linked clone, one full clone, one qemu-img convert, each verified")
+        self.results["warmup"] = {
+            "linked": self.api_clone(linked=True, verify=True),
+            "full": self.api_clone(linked=False, verify=True),
+            "qemu_img": self.qemu_img_convert(verify=True),
+        }
+        for index in range(self.rounds):
+            for _ in range(self.linked_per_round):
+                self.samples["linked"].append(self.api_clone(linked=True))
+            order = ("full", "qemu_img") if index % 2 == 0 else ("qemu_img", "full")
+            for kind in order:
+                sample = self.api_clone(linked=False) if kind == "full" else self.qemu_img_convert()
+                sample["round"] = index
+                self.samples[kind].append(sample)
+            full, raw = self.samples["full"][-1], self.samples["qemu_img"][-1]
+            linked = statistics.median(s["seconds"] for s in self.samples["linked"][-self.linked_per_round:])
+            progress(f"round {index + 1}/{self.rounds} ({' then '.join(order)}): full clone {full['seconds']:.2f}s, "
+                     f"qemu-img convert {raw['seconds']:.2f}s (+ fsync {raw['fsync_after_s']:.2f}s), "
+                     f"linked clone median {linked * 1000:.0f} ms")
+        self.results["samples"] = self.samples
+        self.results["summary"] = self.summarize()
+
+    def summarize(self) -> dict[str, Any]:
+        linked = [s["seconds"] for s in self.samples["linked"]]
+        full = [s["seconds"] for s in self.samples["full"]]
+        raw = [s["seconds"] for s in self.samples["qemu_img"]]
+        raw_sync = [s["with_fsync_s"] for s in self.samples["qemu_img"]]
+        ratio = statistics.median(full) / statistics.median(raw)
+        ratio_sync = statistics.median(full) / statistics.median(raw_sync)
+        return {
+            "linked_s": summary(linked),
+            "linked_job_s": summary([s["job_s"] for s in self.samples["linked"] if s["job_s"] is not None]),
+            "full_s": summary(full),
+            "full_job_s": summary([s["job_s"] for s in self.samples["full"] if s["job_s"] is not None]),
+            "full_mib_s": summary([s["mib_s"] for s in self.samples["full"]]),
+            "qemu_img_s": summary(raw),
+            "qemu_img_with_fsync_s": summary(raw_sync),
+            "qemu_img_mib_s": summary([s["mib_s"] for s in self.samples["qemu_img"]]),
+            "ratio_full_to_qemu_img": ratio,
+            "ratio_full_to_qemu_img_with_fsync": ratio_sync,
+            # The minimums: the least disturbed run of each (the disk of a shared VM is noisy).
+            "ratio_min_full_to_qemu_img": min(full) / min(raw),
+            "ratio_min_full_to_qemu_img_with_fsync": min(full) / min(raw_sync),
+            # Per round, each full clone against the qemu-img run next to it.
+            "ratio_per_round": [f["seconds"] / r["seconds"]
+                                for f, r in zip(self.samples["full"], self.samples["qemu_img"], strict=True)],
+            "targets": {
+                "linked_median_below_s": LINKED_TARGET_S,
+                "linked_met": statistics.median(linked) < LINKED_TARGET_S,
+                "ratio_at_most": RATIO_TARGET,
+                "ratio_met": ratio <= RATIO_TARGET,
+            },
+        }
+
+    def cleanup(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"api_removed": [], "killed_qemu_img_pids": [], "errors": []}
+        if self.serve.proc is not None and self.serve.proc.poll() is None:
+            for name in list(reversed(self.made)):
+                try:
+                    if name == TEMPLATE:
+                        self.client.post(f"/volumes/default/{name}/template", json={"template": False})
+                    self.delete_volume(name)
+                    report["api_removed"].append(name)
+                except (ApiError, BenchError) as error:
+                    report["errors"].append(f"deleting volume {name}: {error}")
+        self.serve.stop()
+        marker = str(self.data_dir)
+        for pid in our_qemu_img_pids(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                report["killed_qemu_img_pids"].append(pid)
+        report["qemu_img_left"] = our_qemu_img_pids(marker)
+        return report
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+def render(results: dict[str, Any]) -> None:
+    facts = results.get("machine", {})
+    if facts:
+        console.print(f"[bold]machine:[/bold] {facts['cpu_count']} CPUs ({facts['cpu_model']}), "
+                      f"{facts['memory_mib']} MiB, kernel {facts['kernel']}, data dir on {facts['data_dir_fs']}; "
+                      f"{facts['qemu_img_version']}; virtfleet {facts['virtfleet_version']}, Python {facts['python']}")
+    template = results.get("template")
+    if template:
+        console.print(f"[bold]template:[/bold] {template['ref']}, qcow2, {template['virtual_size'] / MiB:.0f} MiB "
+                      f"virtual, {template['actual_size'] / MiB:.0f} MiB allocated (random data); uploaded in "
+                      f"{template['upload_s']:.2f}s ({template['upload_mib_s']:.0f} MiB/s)")
+    s = results.get("summary")
+    if not s:
+        return
+    config = results["config"]
+    table = Table(title=f"Clones of a {config['size']} qcow2 template (seconds; {config['rounds']} rounds, "
+                  f"{config['linked_per_round']} linked clones per round)")
+    for column in ("", "median", "min", "max", "mean", "MiB/s (median)"):
+        table.add_column(column, justify="left" if not column else "right")
+
+    def row(label: str, stats: dict[str, float], rate: dict[str, float] | None = None) -> None:
+        if stats:
+            table.add_row(label, f"{stats['median']:.3f}", f"{stats['min']:.3f}", f"{stats['max']:.3f}",
+                          f"{stats['mean']:.3f}", f"{rate['median']:.0f}" if rate else "")
+
+    row("(a) linked clone, API (POST -> job done)", s["linked_s"])
+    row("    linked clone job (server side)", s["linked_job_s"])
+    row("(b) full clone, API (POST -> job done)", s["full_s"], s["full_mib_s"])
+    row("    full clone job (server side)", s["full_job_s"])
+    row("(c) qemu-img convert, direct", s["qemu_img_s"], s["qemu_img_mib_s"])
+    row("    qemu-img convert + fsync of the copy", s["qemu_img_with_fsync_s"])
+    targets = s["targets"]
+
+    def verdict(met: bool) -> str:
+        return "[green]met[/green]" if met else "[red]missed[/red]"
+
+    table.add_row("[bold]ratio full clone / qemu-img convert (medians)[/bold]",
+                  f"[bold]{s['ratio_full_to_qemu_img']:.3f}[/bold]", "", "", "",
+                  f"target <= {targets['ratio_at_most']}: {verdict(targets['ratio_met'])}")
+    table.add_row("ratio full clone / (convert + fsync) (medians)", f"{s['ratio_full_to_qemu_img_with_fsync']:.3f}",
+                  "", "", "", "")
+    table.add_row("ratios of the minimums: / convert, / (convert + fsync)",
+                  f"{s['ratio_min_full_to_qemu_img']:.3f}, {s['ratio_min_full_to_qemu_img_with_fsync']:.3f}",
+                  "", "", "", "")
+    table.add_row("[bold]linked clone median[/bold]", f"[bold]{s['linked_s']['median']:.3f}[/bold]", "", "", "",
+                  f"target < {targets['linked_median_below_s']}: {verdict(targets['linked_met'])}")
+    console.print(table)
+    console.print("per-round ratio full / convert: "
+                  + ", ".join(f"{value:.3f}" for value in s["ratio_per_round"]))
+
+
+@contextlib.contextmanager
+def data_dir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="vfc-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        if keep:
+            console.print(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="counted rounds (default 3)")
+    parser.add_argument("--size", default="1G", help="virtual size of the template, all of it written (default 1G)")
+    parser.add_argument("--linked", type=int, default=5, help="linked clones per round (default 5)")
+    parser.add_argument("--driver", default="qemu", help="the serve process's VM driver (default qemu; storage "
+                        "runs real qemu-img either way)")
+    parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "results" / "clone.json")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (serve log, pool) for a look")
+    args = parser.parse_args(argv)
+    try:
+        size = parse_size_bytes(args.size)
+    except ValueError as error:
+        parser.error(f"--size: {error}")
+    if args.rounds < 1 or args.linked < 1 or size < MiB or size % MiB:
+        parser.error("--rounds and --linked must be >= 1, --size a whole number of MiB (at least 1M)")
+
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
+
+    results: dict[str, Any] = {
+        "benchmark": "clone",
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "config": {"rounds": args.rounds, "size": args.size, "size_bytes": size, "linked_per_round": args.linked,
+                   "driver": args.driver},
+        "errors": [],
+    }
+    status = 0
+    with data_dir(args.keep) as path:
+        results["machine"] = machine_facts(path)
+        results["config"]["data_dir"] = str(path)
+        serve = Serve(path / "data", free_port(), args.driver, path / "serve.log")
+        client = Client(serve.url, timeout=60)
+        bench = Bench(size, args.rounds, args.linked, serve.data_dir, serve, client, results)
+        work = path / "work"
+        work.mkdir()
+        try:
+            progress(f"starting `virtfleet serve` (driver {args.driver}) on port {serve.port}")
+            results["serve_startup_s"] = serve.start(client)
+            bench.make_template(work, progress)
+            bench.measure(progress)
+        except (ApiError, BenchError) as error:
+            status = 1
+            detail: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+            if isinstance(error, ApiError):
+                detail.update(status=error.status, code=error.code, body=error.body)
+            detail["serve_log_tail"] = serve.log_tail()
+            results["errors"].append(detail)
+            console.print(f"[red]error:[/red] {detail}")
+        except KeyboardInterrupt:
+            status = 130
+            results["errors"].append({"type": "KeyboardInterrupt", "message": "interrupted"})
+        finally:
+            results["cleanup"] = bench.cleanup()
+            client.close()
+            results["duration_s"] = time.perf_counter() - started
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    render(results)
+    cleanup = results["cleanup"]
+    left = cleanup["qemu_img_left"]
+    console.print(f"cleanup: volumes removed through the API: {', '.join(cleanup['api_removed']) or 'none'}; "
+                  f"{'no qemu-img left' if not left else f'[red]qemu-img still alive: {left}[/red]'}; "
+                  f"total {results['duration_s']:.1f}s; JSON: {args.json_out}")
+    if cleanup["errors"]:
+        console.print(f"[red]cleanup errors:[/red] {cleanup['errors']}")
+    return status if not left else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
