@@ -362,8 +362,6 @@ def test_templates_linked_and_full_clones(api: Api) -> None:
     assert run("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 8M 1M", str(full_path))
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: POST .../resize {shrink: true} on a template with linked "
-                   "clones succeeds and cuts the data the clones read from it")
 def test_a_template_with_linked_clones_cannot_be_shrunk(api: Api) -> None:
     base = Path(create_volume(api, "tmpl", "10M")["volume"]["path"])
     run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 9M 1M", str(base))
@@ -493,8 +491,8 @@ def test_qcow2_and_raw_uploads_are_kept_as_they_are(api: Api, tmp_path: Path) ->
 def test_an_upload_with_a_wrong_sha256_is_refused_and_leaves_nothing(api: Api, tmp_path: Path) -> None:
     qcow = make_image(tmp_path / "good.qcow2", "qcow2", "4M", (0, 0x11))
     with unchanged(api):
-        refused(upload(api, "good", qcow.read_bytes(), format="qcow2", sha256=WRONG_SHA), 400, code="transfer_failed",
-                says="checksum")
+        refused(upload(api, "good", qcow.read_bytes(), format="qcow2", sha256=WRONG_SHA), 422, field="sha256",
+                says="does not match")
     assert files(pool_dir(api)) == {}
     assert_staging_empty(pool_dir(api))
     assert api.client.get("/api/v1/volumes/default/good").status_code == 404
@@ -616,3 +614,19 @@ def test_download_then_upload_round_trips(api: Api) -> None:
     assert response.status_code == 201, response.text
     assert same_content(pool_dir(api) / "copy", "qcow2", path, "qcow2")
     assert os.path.samefile(response.json()["path"], pool_dir(api) / "copy")
+
+
+@pytest.mark.parametrize("where", ["/", "/etc", "default", "default-parent"])
+def test_a_pool_cannot_cover_the_system_or_another_pool(api: Api, where: str) -> None:
+    default = pool_dir(api)
+    path = {"default": str(default / "sub"), "default-parent": str(default.parent)}.get(where, where)
+    with unchanged(api):
+        refused(api.client.post("/api/v1/pools", json={"name": "bad", "path": path}), 422, field="path")
+
+
+def test_import_checks_url_and_checksum_before_any_job(api: Api) -> None:
+    for body, field in (({"url": "ftp://127.0.0.1/x.qcow2"}, "url"), ({"url": "not a url"}, "url"),
+                        ({"url": "http://127.0.0.1/x.qcow2", "sha256": "xyz"}, "sha256")):
+        with unchanged(api):
+            refused(api.client.post("/api/v1/pools/default/volumes/imp/import", json=body), 422, field=field)
+    assert api.client.get("/api/v1/jobs").json() == []

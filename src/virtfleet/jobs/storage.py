@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
 from virtfleet.jobs.runner import JobContext, JobRunner
@@ -46,6 +49,7 @@ class StorageService:
         self.data_dir = data_dir
         self.attached_to = attached_to
         self._backends: dict[str, PoolBackend] = {}
+        self._uploading: set[str] = set()  # uploads stream inside a request, not a job: their own lock
 
     # --- pools ---------------------------------------------------------------------------------------------
     def backend(self, pool: Pool) -> PoolBackend:
@@ -77,9 +81,8 @@ class StorageService:
             self.repo.get_pool(spec.name)
             raise Conflict(f"a pool named '{spec.name}' already exists")
         mount = default_mount_path(spec, self.data_dir)
-        for other in self.repo.list_pools():
-            if Path(other.mount_path) == mount:
-                raise InvalidSpec("path", f"{mount} is already pool '{other.name}'")
+        if spec.type != "lvm":
+            check_pool_path(mount, [Path(p.mount_path) for p in self.repo.list_pools()], self.data_dir)
         backend = create_backend(spec, mount)
         await asyncio.to_thread(backend.activate)
         pool = self.repo.add_pool(spec, str(mount))
@@ -176,6 +179,11 @@ class StorageService:
                                       "data, add --force (shrink=true) if you mean it")
         if volume.attached_to is not None:
             raise Conflict(f"volume {volume.ref} is attached to vm '{volume.attached_to}'; detach it first")
+        dependents = self.repo.dependents(volume.id)
+        if dependents and size < volume.size:
+            clones = ", ".join(d.ref for d in dependents)
+            raise Conflict(f"volume {volume.ref} is the base of linked clones ({clones}); shrinking it would cut "
+                           "the data they read")
         backend = self.backend(self.repo.get_pool(volume.pool))
 
         def work(context: JobContext) -> str:
@@ -282,6 +290,9 @@ class StorageService:
         return self._submit("volume.build", f"{pool.name}/{name}", work)
 
     def import_url(self, pool_name: str, name: str, url: str, fmt: str, *, sha256: str | None = None) -> Job:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise InvalidSpec("url", f"{url!r} is not an http or https URL")
+        check_sha256(sha256)
         pool = self.repo.get_pool(pool_name)
         stored = stored_format(fmt)
         backend = self._check_new(pool, name, stored, None)
@@ -308,12 +319,16 @@ class StorageService:
     async def upload(self, pool_name: str, name: str, fmt: str, body: AsyncIterator[bytes], *,
                      sha256: str | None = None, length: int | None = None) -> Volume:
         """Receive an upload (the request body) into the pool; checked and registered, or nothing is left."""
+        check_sha256(sha256)
         pool = self.repo.get_pool(pool_name)
         stored = stored_format(fmt)
         backend = self._check_new(pool, name, stored, length)
         ref = f"{pool.name}/{name}"
         self.runner.check_free(f"volume:{ref}", f"volume '{ref}'")
-        incoming = pool_staging(backend) / f"{name}.upload-{os.getpid()}"
+        if ref in self._uploading:
+            raise Conflict(f"volume '{ref}' is being uploaded by another request")
+        self._uploading.add(ref)
+        incoming = pool_staging(backend) / f"{name}.upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
         try:
             with incoming.open("wb") as out:
@@ -321,9 +336,10 @@ class StorageService:
                     digest.update(chunk)
                     await asyncio.to_thread(out.write, chunk)
             if sha256 is not None and digest.hexdigest() != sha256.lower():
-                raise transfer.TransferError(f"checksum mismatch: expected sha256 {sha256}, got {digest.hexdigest()}")
+                raise InvalidSpec("sha256", f"the data does not match: expected {sha256}, got {digest.hexdigest()}")
             return await asyncio.to_thread(self._register_incoming, pool, backend, name, incoming, fmt, stored, None)
         finally:
+            self._uploading.discard(ref)
             incoming.unlink(missing_ok=True)
 
     def _register_incoming(self, pool: Pool, backend: PoolBackend, name: str, incoming: Path, fmt: str,
@@ -346,6 +362,28 @@ class StorageService:
 
                 qemu_img.convert(incoming, fmt, temp, stored, progress=progress)
         return self.repo.add_volume(pool.name, name, stored, info.virtual_size, str(final))
+
+
+# A pool's files can be attached to VMs: never let a pool cover the system.
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys", "/usr",
+                "/var/lib/dpkg", "/var/log")
+
+
+def check_pool_path(path: Path, existing: list[Path], data_dir: Path) -> None:
+    real = path.resolve()
+    if real == Path("/") or any(real == Path(d) or real.is_relative_to(d) for d in _SYSTEM_DIRS):
+        raise InvalidSpec("path", f"{path} is a system directory; pools need a directory of their own")
+    for other in existing:
+        other_real = other.resolve()
+        if real == other_real or real.is_relative_to(other_real) or other_real.is_relative_to(real):
+            raise InvalidSpec("path", f"{path} overlaps the pool at {other}")
+    if data_dir.resolve().is_relative_to(real):
+        raise InvalidSpec("path", f"{path} contains virtfleet's own data directory")
+
+
+def check_sha256(value: str | None) -> None:
+    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise InvalidSpec("sha256", f"{value!r} is not a sha256 digest (64 hex digits)")
 
 
 def stored_format(fmt: str) -> VolumeFormat:

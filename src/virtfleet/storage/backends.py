@@ -65,6 +65,8 @@ class DirBackend:
     def destroy(self) -> None:
         # Only an empty directory goes: a pool never deletes files it does not know about.
         with contextlib.suppress(OSError):
+            (self.mount_path / ".incoming").rmdir()  # our own (empty) staging directory
+        with contextlib.suppress(OSError):
             self.mount_path.rmdir()
 
     def usage(self) -> PoolUsage:
