@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.functional.conftest import Api
+from tests.functional.conftest import Api, open_api
 
 MiB = 1024 * 1024
 WRONG_SHA = "0" * 64
@@ -630,3 +630,24 @@ def test_import_checks_url_and_checksum_before_any_job(api: Api) -> None:
         with unchanged(api):
             refused(api.client.post("/api/v1/pools/default/volumes/imp/import", json=body), 422, field=field)
     assert api.client.get("/api/v1/jobs").json() == []
+
+
+def test_a_volume_larger_than_the_free_space_is_refused_up_front(api: Api) -> None:
+    free = api.client.get("/api/v1/pools/default").json()["usage"]["available"]
+    with unchanged(api):
+        refused(api.client.post("/api/v1/pools/default/volumes", json={"name": "huge", "size": free + (1 << 30)}),
+                422, field="size", says="do not fit")
+
+
+def test_a_restart_removes_what_interrupted_transfers_left(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with contextlib.closing(open_api(data)) as first:
+        pool = Path(next(first).settings.default_pool)
+    (pool / ".vol.part-0123456789abcdef").write_bytes(b"half a copy")
+    (pool / ".incoming").mkdir(exist_ok=True)
+    (pool / ".incoming" / "up.upload-1").write_bytes(b"half an upload")
+    (pool / "kept").write_bytes(b"not ours to judge")  # only our temporary names are touched
+    with contextlib.closing(open_api(data)) as second:
+        next(second)  # the daemon starts: pools are activated and cleaned
+    assert sorted(p.name for p in pool.iterdir()) == [".incoming", "kept"]
+    assert list((pool / ".incoming").iterdir()) == []

@@ -63,3 +63,14 @@ def test_delete_only_when_down() -> None:
     for state in VmState:
         allowed = state in (VmState.STOPPED, VmState.CRASHED)
         assert (state in ALLOWED[VmOperation.DELETE]) is allowed
+
+
+def test_volume_sizes_are_bytes_unless_a_unit_says_otherwise() -> None:
+    from virtfleet.model.storage import VolumeSpec
+
+    assert VolumeSpec(name="v", size=1048576).size == 1 << 20
+    assert VolumeSpec(name="v", size="10G").size == 10 << 30
+    assert VolumeSpec(name="v", size="2048K").size == 2 << 20
+    for bad in (0, "0", "10X", -1, 1 << 60):
+        with pytest.raises(ValidationError):
+            VolumeSpec(name="v", size=bad)

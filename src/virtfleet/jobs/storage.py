@@ -71,7 +71,11 @@ class StorageService:
         problems = []
         for pool in self.repo.list_pools():
             try:
-                await asyncio.to_thread(self.backend(pool).activate)
+                backend = self.backend(pool)
+                await asyncio.to_thread(backend.activate)
+                for leftover in await asyncio.to_thread(remove_partial_files, backend):
+                    problems.append(f"pool {pool.name}: removed {leftover}, left by a transfer the last daemon "
+                                    "did not finish")
             except Exception as error:  # one broken pool must not stop the daemon
                 problems.append(f"pool {pool.name}: {error}")
         return problems
@@ -379,6 +383,19 @@ def check_pool_path(path: Path, existing: list[Path], data_dir: Path) -> None:
             raise InvalidSpec("path", f"{path} overlaps the pool at {other}")
     if data_dir.resolve().is_relative_to(real):
         raise InvalidSpec("path", f"{path} contains virtfleet's own data directory")
+
+
+def remove_partial_files(backend: PoolBackend) -> list[str]:
+    """At start-up nothing is being copied: temporary files from an interrupted copy or upload are garbage."""
+    if not backend.supports_backing_files or not backend.mount_path.is_dir():
+        return []
+    partial = [*backend.mount_path.glob(".*.part-*")]
+    staging = backend.mount_path / ".incoming"
+    if staging.is_dir():
+        partial += [p for p in staging.iterdir() if p.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return [path.name for path in partial]
 
 
 def check_sha256(value: str | None) -> None:

@@ -20,8 +20,9 @@ _LVM_SOURCE = re.compile(r"^[A-Za-z0-9+_.-]+/[A-Za-z0-9+_.-]+$")
 
 
 def _size_bytes(value: object) -> object:
+    # A bare number is bytes here (as for qemu-img); "10G" and friends carry their unit.
     if isinstance(value, str | int) and not isinstance(value, bool):
-        return parse_size_bytes(value)
+        return parse_size_bytes(value, default_unit="b")
     return value
 
 

@@ -74,8 +74,9 @@ class DirBackend:
         capacity = stat.f_blocks * stat.f_frsize
         available = stat.f_bavail * stat.f_frsize
         allocated = sum(p.stat().st_blocks * 512 for p in self.mount_path.iterdir() if p.is_file())
-        # Files are sparse, so the pool is thin: creation is bounded by the file system, not by virtual sizes.
-        return PoolUsage(capacity=capacity, allocation=allocated, available=available, thin=True)
+        # Files start sparse but may fill up: a volume must fit in what is free now (no overcommit), unlike an
+        # lvm thin pool, which is built to overcommit.
+        return PoolUsage(capacity=capacity, allocation=allocated, available=available, thin=False)
 
     def volume_path(self, name: str) -> Path:
         return self.mount_path / name
