@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from virtfleet.drivers.base import BOOT_SEPARATOR
+
 READY = "VIRTFLEET-READY"
 
 
@@ -128,6 +130,17 @@ class Daemon:
             if len(re.findall(pattern, text)) >= count:
                 return text
             assert time.monotonic() < deadline, f"no {pattern!r} x{count} in the console of {name}:\n{text[-2000:]}"
+            time.sleep(0.1)
+
+    def wait_ready(self, name: str, timeout: float = 60) -> str:
+        """Wait for the readiness line of the VM's current boot (after the last boot separator)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.logs(name)
+            this_boot = text[text.rfind(BOOT_SEPARATOR):]
+            if f"{READY} hostname=" in this_boot:
+                return this_boot
+            assert time.monotonic() < deadline, f"{name} did not come up:\n{text[-2000:]}"
             time.sleep(0.1)
 
     def wait_state(self, name: str, states: tuple[str, ...], timeout: float) -> dict[str, Any]:

@@ -42,7 +42,12 @@ def test_hotplug_and_unplug_a_volume_on_a_running_q35_guest(daemon: Daemon) -> N
     assert refused["status"] == "failed" and "hot-plug" in refused["error"]
     assert daemon.vm("mv")["spec"]["disks"] == []
     daemon.ok("POST", "/vms/mv/stop")
-    daemon.ok("POST", "/vms/mv/disks", json={"volume": "default/cold"})
+    daemon.ok("POST", "/vms/mv/disks", json={"volume": "default/cold", "bus": "virtio-scsi", "discard": "unmap"})
     assert daemon.vm("mv")["spec"]["disks"][0]["volume"] == "default/cold"
+    # Attached while stopped, on the virtio-scsi bus: the next boot has it as a SCSI disk.
+    daemon.ok("POST", "/vms/mv/start")
+    daemon.wait_ready("mv")
+    scsi = console_run(daemon, "mv", "cat /sys/block/sda/size; echo scsi-$((4+4))", "scsi-8")
+    assert re.search(r"\b32768\b", scsi), scsi
     for name in ("hp", "mv"):
         daemon.ok("DELETE", f"/vms/{name}", params={"force": "true"})

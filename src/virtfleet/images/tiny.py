@@ -40,6 +40,8 @@ GUEST_MODULES = (
     "button",
     "evdev",
     "isofs",  # reads a cloud-init NoCloud seed ISO on a virtio disk (pulls in cdrom via modules.dep)
+    "virtio_scsi",  # disks on the virtio-scsi bus show up as /dev/sd*
+    "sd_mod",
 )
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
