@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import stat
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -651,3 +653,27 @@ def test_a_restart_removes_what_interrupted_transfers_left(tmp_path: Path) -> No
         next(second)  # the daemon starts: pools are activated and cleaned
     assert sorted(p.name for p in pool.iterdir()) == [".incoming", "kept"]
     assert list((pool / ".incoming").iterdir()) == []
+
+
+def make_ova(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_an_ova_upload_becomes_a_volume_and_a_hostile_one_leaves_nothing(api: Api, tmp_path: Path) -> None:
+    vmdk = make_image(tmp_path / "disk.vmdk", "vmdk", "4M", (0, 0x33))
+    ovf = b"<?xml version='1.0'?><Envelope/>"
+    good = make_ova(tmp_path / "good.ova", {"vm.ovf": ovf, "disk1.vmdk": vmdk.read_bytes()})
+    volume = upload(api, "appliance", good.read_bytes(), format="ova").json()
+    assert (volume["name"], volume["format"], volume["size"]) == ("appliance", "qcow2", 4 << 20)
+    assert_staging_empty(pool_dir(api))
+
+    evil = make_ova(tmp_path / "evil.ova", {"vm.ovf": ovf, "../evil.vmdk": vmdk.read_bytes()})
+    with unchanged(api):
+        refused(upload(api, "evil", evil.read_bytes(), format="ova"), 422, field="archive", says="..")
+    assert not (pool_dir(api).parent / "evil.vmdk").exists()
+    assert_staging_empty(pool_dir(api))

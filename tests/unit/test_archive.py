@@ -17,17 +17,19 @@ from virtfleet.storage.archive import MAX_MEMBERS, OvaDisk, extract_ova_disks, s
 
 MiB = 1 << 20
 OVF = b'<?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"/>'
-DISK = bytes(range(256)) * 40  # 10 KiB, not block-aligned content boundaries don't matter here
-OTHER = b"\x01" * 3000
+DISK = bytes(range(256)) * 40  # stands in for an image: extraction never looks inside
+OTHER = b"\x01" * 3000  # not a multiple of the 512-byte tar block
+
+Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def regular(name: str, data: bytes = b"") -> tuple[tarfile.TarInfo, bytes | None]:
+def regular(name: str, data: bytes = b"") -> Member:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     return info, data
 
 
-def special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+def special(name: str, kind: bytes, linkname: str = "") -> Member:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname
@@ -40,7 +42,7 @@ def sha256_manifest(files: dict[str, bytes]) -> bytes:
     return "".join(f"SHA256({name})= {hashlib.sha256(data).hexdigest()}\n" for name, data in files.items()).encode()
 
 
-def write_tar(path: Path, members: Iterable[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> Path:
+def write_tar(path: Path, members: Iterable[Member], mode: str = "w") -> Path:
     # GNU format keeps names as given (leading '/', '..'); tarfile never sanitizes what it writes.
     with tarfile.open(path, mode, format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
         for info, data in members:
@@ -48,7 +50,7 @@ def write_tar(path: Path, members: Iterable[tuple[tarfile.TarInfo, bytes | None]
     return path
 
 
-def ova(path: Path, disks: dict[str, bytes], *, manifest: bool = True, extra: Iterable[tuple[tarfile.TarInfo, bytes | None]] = ()) -> Path:
+def ova(path: Path, disks: dict[str, bytes], *, manifest: bool = True, extra: Iterable[Member] = ()) -> Path:
     members = [regular("vm.ovf", OVF)]
     if manifest:
         members.append(regular("vm.mf", sha256_manifest({"vm.ovf": OVF, **disks})))
@@ -174,9 +176,7 @@ def test_unsafe_names_refused(tmp_path: Path, dest: Path, name: str) -> None:
     ],
     ids=["symlink", "hardlink", "chardev", "blockdev", "fifo", "volume-label"],
 )
-def test_non_regular_members_refused(
-    tmp_path: Path, dest: Path, member: tuple[tarfile.TarInfo, bytes | None], why: str
-) -> None:
+def test_non_regular_members_refused(tmp_path: Path, dest: Path, member: Member, why: str) -> None:
     archive = ova(tmp_path / "vm.ova", {"good.vmdk": DISK}, extra=[member])
     error = refused(archive, dest)
     assert "'disk.vmdk'" in error.problem and why in error.problem

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,14 @@ from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.model.job import Job
 from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
 from virtfleet.storage import qemu_img, transfer
+from virtfleet.storage.archive import extract_ova_disks
 from virtfleet.storage.backends import PoolBackend, create_backend, default_mount_path
 from virtfleet.store.db import Database
 from virtfleet.store.storage_repo import StorageRepo
 
 DEFAULT_POOL = "default"
-IMPORT_FORMATS = ("qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi")  # what users may hand us; stored as qcow2 or raw
+# What users may hand us (stored as qcow2 or raw); an OVA is a tar whose disk image is taken out, checked, converted.
+IMPORT_FORMATS = ("qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi", "ova")
 
 
 @dataclass(frozen=True)
@@ -346,9 +349,35 @@ class StorageService:
             self._uploading.discard(ref)
             incoming.unlink(missing_ok=True)
 
+    def _register_ova(self, pool: Pool, backend: PoolBackend, name: str, incoming: Path,
+                      context: JobContext | None) -> Volume:
+        """Each disk of the OVA becomes a volume (NAME, NAME-1, ...); members are checked before any is taken out."""
+        unpacked = incoming.with_name(f"{incoming.name}.ova")
+        unpacked.mkdir()
+        try:
+            disks = extract_ova_disks(incoming, unpacked)
+            names = _ova_volume_names(name, len(disks))
+            for extra in names[1:]:
+                self._check_new(pool, extra, "qcow2", None)
+            volumes: list[Volume] = []
+            try:
+                for volume_name, disk in zip(names, disks, strict=True):
+                    volumes.append(self._register_incoming(pool, backend, volume_name, disk.path, disk.format,
+                                                           stored_format(disk.format), context))
+            except BaseException:
+                for volume in volumes:  # all of the OVA or none of it
+                    backend.delete_volume(volume.name)
+                    self.repo.delete_volume(volume.id)
+                raise
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+        return volumes[0]
+
     def _register_incoming(self, pool: Pool, backend: PoolBackend, name: str, incoming: Path, fmt: str,
                            stored: VolumeFormat, context: JobContext | None) -> Volume:
         """Check an untrusted image, then move or convert it into place and record it."""
+        if fmt == "ova":
+            return self._register_ova(pool, backend, name, incoming, context)
         info = qemu_img.inspect_untrusted(incoming, fmt, self.pool_roots())
         if info.backing_file is not None:
             raise InvalidSpec("backing_file", "imported images must be self-contained (no backing file)")
@@ -392,10 +421,17 @@ def remove_partial_files(backend: PoolBackend) -> list[str]:
     partial = [*backend.mount_path.glob(".*.part-*")]
     staging = backend.mount_path / ".incoming"
     if staging.is_dir():
-        partial += [p for p in staging.iterdir() if p.is_file()]
+        partial += list(staging.iterdir())
     for path in partial:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return [path.name for path in partial]
+
+
+def _ova_volume_names(name: str, count: int) -> list[str]:
+    return [name] + [f"{name}-{index}" for index in range(1, count)]
 
 
 def check_sha256(value: str | None) -> None:
@@ -407,7 +443,7 @@ def stored_format(fmt: str) -> VolumeFormat:
     """What an imported image is kept as: qcow2 and raw as they are, other formats converted to qcow2."""
     if fmt not in IMPORT_FORMATS:
         raise InvalidSpec("format", f"one of {', '.join(IMPORT_FORMATS)}")
-    return "raw" if fmt == "raw" else "qcow2"
+    return "raw" if fmt == "raw" else "qcow2"  # an OVA's disks are each converted on their own
 
 
 def pool_staging(backend: PoolBackend) -> Path:

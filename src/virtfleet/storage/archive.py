@@ -118,7 +118,7 @@ def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
                 # OVA writers never make GNU sparse members, and their stored size is not the file's size.
                 raise _refuse(member.name, "is a sparse file")
             if relative in seen:
-                # A second copy would silently replace the first on extraction (and after checksum verification).
+                # Two members with one name: which one the .ovf and the manifest mean would be anyone's guess.
                 raise _refuse(member.name, "appears more than once")
             seen.add(relative)
             files.append(member)
