@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 def test_hotplug_and_unplug_a_volume_on_a_running_q35_guest(daemon: Daemon) -> None:
     daemon.ok("POST", "/pools/default/volumes", json={"name": "extra", "size": "32M"})
     daemon.ok("POST", "/pools/default/volumes", json={"name": "cold", "size": "16M"})
+    daemon.ok("POST", "/pools/default/volumes", json={"name": "second", "size": "8M"})
     assert daemon.call("POST", "/vms", json={"name": "hp", "machine": "q35", "memory": "256M"}).status_code == 201
     assert daemon.call("POST", "/vms", json={"name": "mv", "memory": "128M"}).status_code == 201
     daemon.ok("POST", "/vms/hp/start")
@@ -28,6 +29,11 @@ def test_hotplug_and_unplug_a_volume_on_a_running_q35_guest(daemon: Daemon) -> N
     seen = console_run(daemon, "hp", "sleep 1; cat /sys/block/vda/size; echo sized-$((2+1))", "sized-3")
     assert re.search(r"\b65536\b", seen), seen
     assert daemon.vm("hp")["spec"]["disks"][0]["volume"] == "default/extra"
+    # A second disk goes into the next free slot (QEMU would accept it on the busy one, unseen by the guest).
+    daemon.ok("POST", "/vms/hp/disks", json={"volume": "default/second"})
+    both = console_run(daemon, "hp", "sleep 1; cat /sys/block/vdb/size; echo sized-$((2+2))", "sized-4")
+    assert re.search(r"\b16384\b", both), both
+    daemon.ok("DELETE", "/vms/hp/disks/default/second", params={"timeout": 60})
     volumes = {v["name"]: v for v in daemon.call("GET", "/volumes").json()}
     assert volumes["extra"]["attached_to"] == "hp"
 

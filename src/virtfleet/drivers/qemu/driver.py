@@ -402,17 +402,18 @@ class QemuDriver:
                 raise
 
     async def _plug_into_free_port(self, monitor: Monitor, device: dict[str, object]) -> None:
-        """A hot-plugged PCIe device needs an empty root port: try them in turn."""
-        last: DriverError | None = None
-        for port in range(HOTPLUG_PORTS):
-            try:
-                await monitor.execute("device_add", {**device, "bus": f"hp{port}"})
-                return
-            except MonitorGone:
-                raise
-            except DriverError as error:
-                last = error
-        raise Conflict(f"no free hot-plug slot ({HOTPLUG_PORTS} in all): {last.cause if last else ''}")
+        """A hot-plugged PCIe device needs an empty root port. QEMU accepts a second device on a busy port (the
+        guest then never sees it), so the free ports are read from query-pci first."""
+        free = await self._free_hotplug_ports(monitor)
+        if not free:
+            raise Conflict(f"all {HOTPLUG_PORTS} hot-plug slots are in use; detach a device or attach while stopped")
+        await monitor.execute("device_add", {**device, "bus": free[0]})
+
+    async def _free_hotplug_ports(self, monitor: Monitor) -> list[str]:
+        buses: list[dict[str, Any]] = await monitor.execute("query-pci")
+        ports = [device for bus in buses for device in bus["devices"]
+                 if str(device.get("qdev_id", "")).startswith("hp") and "pci_bridge" in device]
+        return sorted(str(port["qdev_id"]) for port in ports if not port["pci_bridge"].get("devices"))
 
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         paths, monitor, _ = await self._require_running(vm_id)
