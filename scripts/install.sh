@@ -9,9 +9,11 @@ extras=""
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-# qemu + guest kernel/busybox: VMs; syslinux, mtools, dosfstools: bootable disk images; lvm2: lvm pools.
+# qemu + guest kernel/busybox: VMs; syslinux, mtools, dosfstools: bootable disk images; lvm2: lvm pools;
+# nftables, dnsmasq-base, iproute2: nat/isolated networks.
 packages=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 python3-venv python3-pip
-          syslinux syslinux-common mtools dosfstools lvm2 thin-provisioning-tools)
+          syslinux syslinux-common mtools dosfstools lvm2 thin-provisioning-tools
+          nftables dnsmasq-base iproute2)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

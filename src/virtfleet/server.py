@@ -13,6 +13,7 @@ from virtfleet.agent.reconcile import Reconciler
 from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.images.catalog import Builder, ImageCatalog
+from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.runner import JobRunner
 from virtfleet.jobs.snapshots import SnapshotService
 from virtfleet.jobs.storage import StorageService
@@ -31,6 +32,7 @@ class Server:
     runner: JobRunner
     images: ImageCatalog
     storage: StorageService
+    networks: NetworkService
     vms: VmService
     snapshots: SnapshotService
     reconciler: Reconciler
@@ -48,13 +50,14 @@ class Server:
         storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path))
         storage.ensure_default_pool(settings.default_pool)
         disks = DiskResolver(db, storage, settings.data_dir / "seeds")
-        vms = VmService(db, driver, runner, images, host=host, disks=disks)
-        snapshots = SnapshotService(db, driver, runner, storage, disks, images)
+        networks = NetworkService(db, settings.data_dir / "networks")
+        vms = VmService(db, driver, runner, images, host=host, disks=disks, networks=networks)
+        snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
-        return cls(settings, db, driver, runner, images, storage, vms, snapshots, reconciler)
+        return cls(settings, db, driver, runner, images, storage, networks, vms, snapshots, reconciler)
 
     async def start(self) -> None:
-        for problem in await self.storage.activate_all():
+        for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:
             log.warning("%s", problem)
         await self.reconciler.recover()
         info = await self.driver.host_info()

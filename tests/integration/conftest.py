@@ -63,17 +63,21 @@ class Daemon:
     data_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    netns: str | None = None  # run inside this network namespace (listening on `host`, reachable from here)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1"
+        return f"http://{self.host}:{self.port}/api/v1"
 
     def start(self) -> None:
         log = (self.data_dir / "serve.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "virtfleet", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
+        command = [sys.executable, "-m", "virtfleet", "serve", "--host", self.host, "--port", str(self.port),
+                   "--data-dir", str(self.data_dir)]
+        if self.netns is not None:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):

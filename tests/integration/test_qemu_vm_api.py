@@ -29,7 +29,7 @@ def last_tick(text: str) -> int:
 
 def console_run(daemon: Daemon, name: str, command: str, expect: str, timeout: float = 20) -> str:
     """Type a command on the serial console over the WebSocket and read until `expect` shows."""
-    with connect(f"ws://127.0.0.1:{daemon.port}/api/v1/vms/{name}/console", open_timeout=10) as ws:
+    with connect(f"ws://{daemon.host}:{daemon.port}/api/v1/vms/{name}/console", open_timeout=10) as ws:
         hello = json.loads(ws.recv(timeout=10))
         assert hello == {"type": "attached", "vm": name}
         ws.send(f"{command}\n".encode())

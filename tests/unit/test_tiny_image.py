@@ -58,6 +58,24 @@ def test_initramfs_holds_init_busybox_console_and_modules() -> None:
     assert stat.S_ISLNK(entries["bin/sh"][0]) and entries["bin/sh"][1] == b"busybox"
 
 
+def test_initramfs_configures_nics_by_dhcp_and_serves_a_test_page() -> None:
+    entries = read_newc(build_initramfs(b"BUSYBOX", []))
+    mode, script, _, _ = entries["etc/udhcpc.script"]
+    assert stat.S_ISREG(mode) and mode & 0o111 and script.startswith(b"#!/bin/sh\n")
+    assert b'echo "virtfleet-net: $interface $ip/$mask gw ${gw:-none}" >/dev/console' in script
+    assert script.count(b"virtfleet-net:") == 1  # the one line a test waits for; everything else stays quiet
+    for event in (b"deconfig)", b"bound|renew)"):
+        assert event in script
+    assert stat.S_ISDIR(entries["www"][0])
+    mode, page, _, _ = entries["www/index.html"]
+    assert stat.S_ISREG(mode) and page.strip() == b"virtfleet-httpd-ok"
+    rc = entries["etc/rc"][1].decode()
+    assert "ip link set lo up" in rc and "-s /etc/udhcpc.script" in rc
+    # The clients start (in the background) before READY; the hot-plug watch loop, which sleeps, only after it.
+    assert rc.index("udhcpc ") < rc.index("\nacpid") < rc.index("VIRTFLEET-READY") < rc.index("sleep 1")
+    assert "done) </dev/null >/dev/null 2>&1 &" in rc
+
+
 def test_modules_come_after_their_dependencies(tmp_path: Path) -> None:
     (tmp_path / "modules.dep").write_text(
         "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko "
@@ -137,4 +155,5 @@ def test_failed_build_keeps_the_previous_image(tmp_path: Path) -> None:
 
 def test_guest_modules_include_the_virtio_transports_and_the_power_button() -> None:
     assert {"virtio_ring", "virtio", "virtio_mmio", "virtio_pci", "button", "evdev"} <= set(GUEST_MODULES)
+    assert {"virtio_net", "e1000"} <= set(GUEST_MODULES)  # both NIC models virtfleet offers
     assert GUEST_MODULES.index("virtio_ring") < GUEST_MODULES.index("virtio")

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from virtfleet import __version__
 from virtfleet.api import errors, routes
 from virtfleet.api.console import router as console_router
+from virtfleet.api.networks import router as networks_router
 from virtfleet.api.storage import router as storage_router
 from virtfleet.config import Settings
 from virtfleet.images.catalog import Builder
@@ -34,8 +35,10 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
         lifespan=lifespan,
     )
     errors.install(app)
-    # Storage first: its /vms/{ref}/snapshots must win over the generic POST /vms/{ref}/{action}.
+    # Storage and networks first: their /vms/{ref}/snapshots and /vms/{ref}/nics must win over the generic
+    # POST /vms/{ref}/{action}.
     app.include_router(storage_router, prefix="/api/v1")
+    app.include_router(networks_router, prefix="/api/v1")
     app.include_router(routes.router, prefix="/api/v1")
     app.include_router(console_router, prefix="/api/v1")
     return app

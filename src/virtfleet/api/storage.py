@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from virtfleet.api.routes import ServerDep, accepted
 from virtfleet.model.job import Job
+from virtfleet.model.names import NAME_PATTERN
 from virtfleet.model.snapshot import Snapshot, SnapshotSpec
 from virtfleet.model.storage import Pool, PoolSpec, SizeBytes, Volume, VolumeSpec
-from virtfleet.model.vm import NAME_PATTERN
 
 router = APIRouter(tags=["storage"])
 

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from virtfleet import __version__
-from virtfleet.cli import image, jobs, storage, vm
+from virtfleet.cli import image, jobs, network, storage, vm
 from virtfleet.cli.demo import demo
 from virtfleet.cli.output import JsonOption, err, out, run, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings
@@ -25,6 +25,7 @@ app.add_typer(image.app, name="image")
 app.add_typer(jobs.app, name="job")
 app.add_typer(storage.pools, name="pool")
 app.add_typer(storage.volumes, name="volume")
+app.add_typer(network.app, name="network")
 app.command()(demo)
 
 

@@ -46,6 +46,17 @@ def _disk(value: str) -> dict[str, Any]:
     return {"volume": value}
 
 
+def _nic(value: str, as_json: bool) -> dict[str, Any]:
+    network, *options = value.split(",")
+    nic: dict[str, Any] = {"network": network}
+    for option in options:
+        key, sep, setting = option.partition("=")
+        if not sep or key not in ("model", "mac"):
+            fail(f"nic: unknown option {option!r} (use model=virtio|e1000, mac=MAC)", as_json=as_json, code=2)
+        nic[key] = setting
+    return nic
+
+
 def _read_arg(value: str) -> str:
     """A value given literally or as @FILE / an existing file path (user data, ssh keys)."""
     path = Path(value[1:] if value.startswith("@") else value)
@@ -75,6 +86,9 @@ def create(
     user_data: str | None = typer.Option(None, "--user-data", help="cloud-init user data (a file, or @file)."),
     ssh_key: list[str] | None = typer.Option(None, "--ssh-key", help="An SSH public key or key file (repeat)."),
     hostname: str | None = typer.Option(None, "--hostname", help="cloud-init hostname (default: the VM name)."),
+    nic: list[str] | None = typer.Option(None, "--nic", help="NETWORK[,model=e1000][,mac=MAC] (repeat)."),
+    forward: list[str] | None = typer.Option(None, "--forward",
+                                             help="tcp|udp:HOSTPORT:GUESTPORT on the first (user-mode) NIC."),
     start: bool = typer.Option(False, "--start", help="Start the VM once created."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -83,6 +97,12 @@ def create(
                              "accel": accel, "kernel_args": kernel_args}
     if disk:
         flags["disks"] = [_disk(d) for d in disk]
+    if nic:
+        flags["nics"] = [_nic(value, as_json) for value in nic]
+    if forward:
+        if not nic:
+            fail("forward: add a --nic on a user-mode network first", as_json=as_json, code=2)
+        flags["nics"][0]["forwards"] = list(forward)
     if user_data is not None or ssh_key or hostname is not None:
         flags["cloud_init"] = {"hostname": hostname, "user_data": _read_arg(user_data) if user_data else None,
                                "ssh_keys": [_read_arg(k) for k in ssh_key or []]}
@@ -159,6 +179,7 @@ def show(name: str, events: int = typer.Option(10, help="How many recent events 
     def fetch(client: Client) -> dict[str, Any]:
         vm: dict[str, Any] = client.get(f"/vms/{name}")
         vm["events"] = client.get(f"/vms/{name}/events", limit=events)
+        vm["nics"] = client.get(f"/vms/{name}/nics")  # with each NIC's address from the DHCP leases
         return vm
 
     def render(vm: dict[str, Any]) -> None:
@@ -167,7 +188,9 @@ def show(name: str, events: int = typer.Option(10, help="How many recent events 
                            ("reason", vm["state_reason"]), ("host", vm["host"]), ("accel", vm["accel"] or "-"),
                            ("cpus", spec["cpus"]), ("memory", f"{spec['memory']}M"), ("machine", spec["machine"]),
                            ("image", spec["image"]), ("kernel args", spec["kernel_args"] or "-"),
-                           ("disks", ", ".join(d["path"] for d in spec["disks"]) or "-")]:
+                           ("disks", ", ".join(d["volume"] or d["path"] for d in spec["disks"]) or "-"),
+                           ("nics", ", ".join(f"{n['network']} {n['mac']} {n['ip'] or 'no address'}"
+                                              f"{'' if n['link_up'] else ' (link down)'}" for n in vm["nics"]) or "-")]:
             out.print(f"[bold]{key + ':':<13}[/bold]{value}")
         out.print("[bold]events:[/bold]")
         for event in vm["events"]:
@@ -334,3 +357,40 @@ def snapshot_revert(name: str, snapshot: str, as_json: bool = JsonOption) -> Non
 def snapshot_delete(name: str, snapshot: str, as_json: bool = JsonOption) -> None:
     """Delete a snapshot (its data is merged, not lost)."""
     run_job(as_json, lambda c: c.delete(f"/vms/{name}/snapshots/{snapshot}"))
+
+
+nics = typer.Typer(help="Add, remove and (un)plug NICs (hot-plug on running q35 VMs).", no_args_is_help=True)
+app.add_typer(nics, name="nic")
+
+
+@nics.command("list")
+def nic_list(name: str, as_json: bool = JsonOption) -> None:
+    """A VM's NICs with their addresses (from the DHCP leases)."""
+    run(as_json, lambda c: c.get(f"/vms/{name}/nics"), lambda items: table(
+        ["NETWORK", "MODEL", "MAC", "LINK", "IP", "FORWARDS"],
+        [[n["network"], n["model"], n["mac"] or "-", "up" if n["link_up"] else "down", n["ip"] or "-",
+          ", ".join(n["forwards"]) or "-"] for n in items]))
+
+
+@nics.command("add")
+def nic_add(name: str, network: str, model: str = typer.Option("virtio", help="virtio or e1000."),
+            mac: str | None = typer.Option(None, help="Default: a stable generated address."),
+            as_json: bool = JsonOption) -> None:
+    """Add a NIC on a network."""
+    body = {"network": network, "model": model, **({"mac": mac} if mac else {})}
+    run_job(as_json, lambda c: c.post(f"/vms/{name}/nics", json=body))
+
+
+@nics.command("remove")
+def nic_remove(name: str, mac: str, as_json: bool = JsonOption) -> None:
+    """Remove a NIC (by MAC)."""
+    run_job(as_json, lambda c: c.delete(f"/vms/{name}/nics/{mac}"))
+
+
+@nics.command("link")
+def nic_link(name: str, mac: str, state: str = typer.Argument(..., help="up or down"),
+             as_json: bool = JsonOption) -> None:
+    """Plug (up) or pull (down) a NIC's virtual cable."""
+    if state not in ("up", "down"):
+        fail("state: use up or down", as_json=as_json, code=2)
+    run_job(as_json, lambda c: c.post(f"/vms/{name}/nics/{mac}/link", json={"up": state == "up"}))

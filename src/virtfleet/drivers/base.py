@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 
@@ -23,7 +24,7 @@ class Capabilities:
     acpi_shutdown: bool = True
     console: bool = True
     disk_hotplug: bool = True  # q35 only: microvm has no hot-plug bus
-    nic_hotplug: bool = False
+    nic_hotplug: bool = True  # q35 only
     snapshots: bool = True
     live_migration: bool = False
 
@@ -128,6 +129,16 @@ class Driver(Protocol):
 
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         """Hot-unplug a disk from a running domain; the guest must release it within `timeout`."""
+        ...
+
+    async def attach_nic(self, vm_id: str, nic: NicSpec) -> None:
+        """Hot-plug a NIC (its tap or user mode resolved) into a running q35 domain."""
+        ...
+
+    async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None: ...
+
+    async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
+        """Plug or pull the virtual cable of a NIC (the guest sees carrier go up or down)."""
         ...
 
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:

@@ -22,6 +22,7 @@ from virtfleet.drivers.base import (
     MemoryAction,
 )
 from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
+from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 READY_MARKER = "VIRTFLEET-READY"
@@ -37,6 +38,7 @@ class FakeDomain:
     console_open: bool = False
     ignore_acpi: bool = False  # a guest that does not react to the power button
     memory_snapshots: set[str] = field(default_factory=set)
+    links: dict[str, bool] = field(default_factory=dict)  # NIC -> cable plugged
     overlays: list[tuple[str, str]] = field(default_factory=list)  # live snapshots taken, for tests to inspect
 
 
@@ -178,6 +180,22 @@ class FakeDriver:
         if len(remaining) == len(domain.spec.disks):
             raise NotFound("disk", disk.path or "")
         domain.spec = domain.spec.model_copy(update={"disks": remaining})
+
+    async def attach_nic(self, vm_id: str, nic: NicSpec) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if domain.spec.machine != "q35":
+            raise Unsupported("microvm has no hot-plug bus: add NICs while the VM is stopped, or use q35")
+        domain.spec = domain.spec.model_copy(update={"nics": [*domain.spec.nics, nic]})
+
+    async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if domain.spec.machine != "q35":
+            raise Unsupported("microvm has no hot-plug bus: remove NICs while the VM is stopped, or use q35")
+        domain.spec = domain.spec.model_copy(update={"nics": [n for n in domain.spec.nics if n.mac != nic.mac]})
+
+    async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        domain.links[nic.netdev_id] = up
 
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
         self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED).overlays.extend(overlays)

@@ -36,6 +36,7 @@ GUEST_MODULES = (
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
+    "e1000",  # the e1000 NIC model (q35 only: a PCI card)
     "virtio_console",
     "button",
     "evdev",
@@ -220,6 +221,62 @@ for dev in /dev/vd* /dev/sr*; do
 done
 """
 
+# Networking: loopback, then a DHCP client per ethernet interface. Each runs in the background (started in a subshell
+# that exits at once, so init adopts and reaps it) and the boot never waits for a lease. A watch loop, started after
+# the readiness line, starts one for every interface that shows up later (hot-plugged NICs) or whose client died; the
+# pid files under /run tell which interfaces have a live client. The clients stay quiet: the script below prints the
+# one line per lease.
+NETWORK_RC = r"""ip link set lo up
+dhcp_client() {
+  [ -d "/sys/class/net/$1" ] || return
+  read -r pid 2>/dev/null <"/run/udhcpc.$1.pid" && kill -0 "$pid" 2>/dev/null && return
+  ip link set "$1" up 2>/dev/null || return
+  host=$(hostname)
+  [ "$host" = "(none)" ] && host=
+  (udhcpc -f -i "$1" -t 5 -T 1 -S -s /etc/udhcpc.script ${host:+-x "hostname:$host"} </dev/null >/dev/null 2>&1 &
+   echo $! >"/run/udhcpc.$1.pid")
+}
+for dev in /sys/class/net/eth*; do dhcp_client "${dev##*/}"; done
+"""
+# After the readiness line (nothing before it may wait): the watch loop, using dhcp_client from NETWORK_RC.
+NETWORK_WATCH_RC = r"""(while :; do
+  sleep 1
+  for dev in /sys/class/net/eth*; do dhcp_client "${dev##*/}"; done
+done) </dev/null >/dev/null 2>&1 &
+"""
+
+# udhcpc runs this on DHCP events with the lease in its environment ($mask is the prefix length, $router and $dns are
+# lists). Each interface's default route gets the interface number as its metric, so eth0's wins over later NICs'.
+UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ;;
+  bound|renew)
+    mask=${mask:-32}
+    if ! ip -4 addr show dev "$interface" | grep -q "inet $ip/$mask "; then
+      ip -4 addr flush dev "$interface"
+      ip addr add "$ip/$mask" broadcast + dev "$interface"
+      changed=1
+    fi
+    gw=${router%% *}
+    metric=${interface#eth}
+    case "$metric" in ''|*[!0-9]*) metric=0 ;; esac
+    [ -n "$gw" ] && ip route replace default via "$gw" dev "$interface" metric "$metric"
+    if [ -n "$dns" ]; then
+      {
+        [ -n "$domain" ] && echo "search $domain"
+        for server in $dns; do echo "nameserver $server"; done
+      } >/etc/resolv.conf
+    fi
+    [ -n "$changed" ] && echo "virtfleet-net: $interface $ip/$mask gw ${gw:-none}" >/dev/console
+    ;;
+esac
+exit 0
+"""
+
+HTTPD_INDEX = "virtfleet-httpd-ok\n"  # /www/index.html, for tests that run `httpd -p 80 -h /www` in the guest
+
 # Runs once at boot (busybox init's sysinit), output on the serial console.
 RC = f"""#!/bin/sh
 mount -t proc proc /proc
@@ -236,9 +293,9 @@ for arg in $(cat /proc/cmdline); do
     virtfleet.ticks=1) ticks=1 ;;
   esac
 done
-{CLOUDINIT_RC}acpid
+{CLOUDINIT_RC}{NETWORK_RC}acpid
 echo "{READY_MARKER} hostname=$(hostname) kernel=$(uname -r)"
-if [ -n "$ticks" ]; then
+{NETWORK_WATCH_RC}if [ -n "$ticks" ]; then
   (n=0; while :; do n=$((n + 1)); echo "virtfleet-tick $n"; sleep 1; done) &
 fi
 """
@@ -253,7 +310,7 @@ poweroff -f
 def build_initramfs(busybox: bytes, modules: list[tuple[str, bytes]]) -> bytes:
     out = io.BytesIO()
     cpio = CpioWriter(out)
-    for directory in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "proc", "sys"):
+    for directory in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "proc", "sys", "www"):
         cpio.directory(directory)
     cpio.char_device("dev/console", 5, 1)
     cpio.char_device("dev/null", 1, 3, perm=0o666)
@@ -263,6 +320,8 @@ def build_initramfs(busybox: bytes, modules: list[tuple[str, bytes]]) -> bytes:
     cpio.file("etc/inittab", INITTAB.encode())
     cpio.file("etc/rc", RC.encode(), perm=0o755)
     cpio.file("etc/acpi/PWRF/00000080", POWER_BUTTON.encode(), perm=0o755)
+    cpio.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), perm=0o755)
+    cpio.file("www/index.html", HTTPD_INDEX.encode())
     cpio.file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
     for name, data in modules:
         cpio.file(f"lib/modules/{name}.ko", data)

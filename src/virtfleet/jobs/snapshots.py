@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from virtfleet.drivers.base import Driver
@@ -36,7 +37,8 @@ def disk_key(disk: DiskSpec) -> str:
 
 class SnapshotService:
     def __init__(self, db: Database, driver: Driver, runner: JobRunner, storage: StorageService,
-                 disks: DiskResolver, images: ImageCatalog) -> None:
+                 disks: DiskResolver, images: ImageCatalog, boot_spec: Callable[[Vm], VmSpec]) -> None:
+        self.boot_spec = boot_spec
         self.db = db
         self.images = images
         self.repo = SnapshotRepo(db)
@@ -143,8 +145,7 @@ class SnapshotService:
                     await self.driver.memory_snapshot(vm.id, "load", snapshot.id, images)
                 else:
                     boot = self.images.boot_image(current.spec)
-                    status = await self.driver.start(vm.id, self.disks.boot_spec(current), boot,
-                                                     restore=snapshot.id)
+                    status = await self.driver.start(vm.id, self.boot_spec(current), boot, restore=snapshot.id)
                     self.db.set_vm_state(vm.id, status.state, f"resumed from snapshot '{name}'", accel=status.accel)
                 self.repo.set_current(vm.id, snapshot.id)
                 return f"vm '{vm.name}' is back at memory snapshot '{name}'"

@@ -6,15 +6,18 @@ Checks that can fail fast (unknown VM, busy, wrong state, bad spec) raise before
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
 from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
 from virtfleet.errors import NotFound, OperationTimeout, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
+from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.jobs.vm_disks import DiskResolver
 from virtfleet.model.job import Event, Job
+from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, Vm, VmOperation, VmSpec, VmState, is_live, require
 from virtfleet.store.db import Database
 
@@ -31,6 +34,7 @@ class VmService:
         *,
         host: str,
         disks: DiskResolver,
+        networks: NetworkService,
     ) -> None:
         self.db = db
         self.driver = driver
@@ -38,6 +42,7 @@ class VmService:
         self.images = images
         self.host = host
         self.disks = disks
+        self.networks = networks
 
     # --- reads -----------------------------------------------------------------------------------------------
     def get(self, ref: str) -> Vm:
@@ -58,7 +63,7 @@ class VmService:
 
     # --- create ----------------------------------------------------------------------------------------------
     def create(self, spec: VmSpec) -> Vm:
-        spec = self.disks.resolve(spec)
+        spec = self.networks.resolve(self.disks.resolve(spec))
         self.images.check_spec(spec)
         return self.db.add_vm(spec, self.host)
 
@@ -98,10 +103,13 @@ class VmService:
             context.progress(10, f"starting with image {boot.name}" if boot else "starting from its disks")
             await self.driver.define(vm.id, vm.spec)
             try:
-                status = await self.driver.start(vm.id, self.disks.boot_spec(vm), boot)
+                status = await self.driver.start(vm.id, self.boot_spec(vm), boot)
             except VirtfleetError as error:
                 self.db.add_event(vm.id, "start-failed", error.message)
                 raise
+            for nic in vm.spec.nics:
+                if not nic.link_up:
+                    await self.driver.set_link(vm.id, nic, False)
             detail = f"started with {status.accel or 'unknown accel'} (pid {status.pid})"
             if status.reason:
                 detail += f"; {status.reason}"
@@ -163,6 +171,7 @@ class VmService:
             context.progress(50, "removing the domain from the host")
             await self.driver.undefine(vm.id)
             self.disks.forget_seed(vm)
+            await asyncio.to_thread(self.networks.forget_vm, vm)
             self.db.delete_vm(vm.id)
             message = f"deleted vm '{vm.name}'"
             if delete_volumes:
@@ -179,6 +188,68 @@ class VmService:
 
             return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced)
         return self._submit(ref, VmOperation.DELETE, undefine)
+
+    def boot_spec(self, vm: Vm) -> VmSpec:
+        """What QEMU runs: disks with their checked chains and the seed disk, NICs with their taps."""
+        spec = self.disks.boot_spec(vm)
+        return spec.model_copy(update={"nics": self.networks.boot_nics(vm)})
+
+    # --- NICs ------------------------------------------------------------------------------------------------
+    def _find_nic(self, vm: Vm, mac: str) -> NicSpec:
+        nic = next((n for n in vm.spec.nics if n.mac == mac.lower()), None)
+        if nic is None:
+            raise NotFound("NIC", f"{mac} on vm '{vm.name}'")
+        return nic
+
+    def attach_nic(self, ref: str, nic: NicSpec) -> Job:
+        vm = self.db.get_vm(ref)
+        spec = self.networks.resolve(vm.spec.model_copy(update={"nics": [*vm.spec.nics, nic]}), vm_name=vm.name)
+        added = spec.nics[-1]
+
+        async def work(vm: Vm, context: JobContext) -> str:
+            if is_live(vm.state):
+                await self.driver.attach_nic(vm.id, await asyncio.to_thread(self.networks.plug, vm.id, added))
+            self.db.update_vm_spec(vm.id, spec)
+            await self.driver.define(vm.id, spec)
+            where = "hot-plugged into the running VM" if is_live(vm.state) else "added for the next start"
+            message = f"NIC {added.mac} on {added.network} {where}"
+            self.db.add_event(vm.id, "nic-attached", message)
+            return message
+
+        return self._submit(ref, VmOperation.ATTACH_NIC, work)
+
+    def detach_nic(self, ref: str, mac: str, timeout: float = 30.0) -> Job:
+        vm = self.db.get_vm(ref)
+        nic = self._find_nic(vm, mac)
+        spec = vm.spec.model_copy(update={"nics": [n for n in vm.spec.nics if n.mac != nic.mac]})
+
+        async def work(vm: Vm, context: JobContext) -> str:
+            if is_live(vm.state):
+                await self.driver.detach_nic(vm.id, nic, timeout)
+            await asyncio.to_thread(self.networks.unplug, vm.id, nic)
+            self.db.update_vm_spec(vm.id, spec)
+            await self.driver.define(vm.id, spec)
+            message = f"removed NIC {nic.mac} from {nic.network}"
+            self.db.add_event(vm.id, "nic-detached", message)
+            return message
+
+        return self._submit(ref, VmOperation.DETACH_NIC, work)
+
+    def set_link(self, ref: str, mac: str, up: bool) -> Job:
+        vm = self.db.get_vm(ref)
+        nic = self._find_nic(vm, mac)
+        spec = vm.spec.model_copy(update={"nics": [n.model_copy(update={"link_up": up}) if n.mac == nic.mac else n
+                                                   for n in vm.spec.nics]})
+
+        async def work(vm: Vm, context: JobContext) -> str:
+            if is_live(vm.state):
+                await self.driver.set_link(vm.id, nic, up)
+            self.db.update_vm_spec(vm.id, spec)
+            message = f"link of NIC {nic.mac} {'up' if up else 'down'}"
+            self.db.add_event(vm.id, "link", message)
+            return message
+
+        return self._submit(ref, VmOperation.SET_LINK, work)
 
     # --- disks -----------------------------------------------------------------------------------------------
     def attach_disk(self, ref: str, disk: DiskSpec) -> Job:

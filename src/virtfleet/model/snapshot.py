@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from virtfleet.model.vm import NAME_PATTERN
+from virtfleet.model.names import NAME_PATTERN
 
 SnapshotKind = Literal["disk", "memory"]
 

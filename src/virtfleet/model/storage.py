@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from virtfleet.model.names import NAME_PATTERN
 from virtfleet.model.units import parse_size_bytes
-from virtfleet.model.vm import NAME_PATTERN
 
 PoolType = Literal["dir", "lvm", "nfs"]
 VolumeFormat = Literal["qcow2", "raw"]

@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from virtfleet.errors import InvalidState
+from virtfleet.model.names import NAME_PATTERN
+from virtfleet.model.network import NicSpec
 from virtfleet.model.units import parse_size_mib
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 VOLUME_REF_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 MAX_CPUS = 256
 MIN_MEMORY_MIB = 32
@@ -104,6 +105,14 @@ class VmSpec(BaseModel):
     kernel_args: str = Field(default="", max_length=1024, description="appended to the kernel command line")
     disks: list[DiskSpec] = Field(default_factory=list, max_length=16, validate_default=True)
     cloud_init: CloudInitSpec | None = None
+    nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+
+    @field_validator("nics")
+    @classmethod
+    def _nic_models(cls, value: list[NicSpec], info: ValidationInfo) -> list[NicSpec]:
+        if info.data.get("machine") == "microvm" and any(nic.model == "e1000" for nic in value):
+            raise ValueError("e1000 is a PCI card: use machine q35, or the virtio model")
+        return value
 
     @field_validator("disks")
     @classmethod
@@ -143,6 +152,9 @@ class VmOperation(enum.StrEnum):
     CONSOLE = "console"
     ATTACH_DISK = "attach-disk"
     DETACH_DISK = "detach-disk"
+    ATTACH_NIC = "attach-nic"
+    DETACH_NIC = "detach-nic"
+    SET_LINK = "set-link"
 
 
 _LIVE = frozenset({VmState.RUNNING, VmState.PAUSED, VmState.STARTING, VmState.STOPPING})
@@ -160,6 +172,9 @@ ALLOWED: dict[VmOperation, frozenset[VmState]] = {
     VmOperation.CONSOLE: frozenset({VmState.RUNNING, VmState.PAUSED}),
     VmOperation.ATTACH_DISK: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING}),
     VmOperation.DETACH_DISK: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING}),
+    VmOperation.ATTACH_NIC: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING}),
+    VmOperation.DETACH_NIC: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING}),
+    VmOperation.SET_LINK: frozenset({VmState.STOPPED, VmState.CRASHED, VmState.RUNNING, VmState.PAUSED}),
 }
 
 

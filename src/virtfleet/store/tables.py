@@ -95,3 +95,13 @@ class SnapshotRow(Base):
     vm_state: Mapped[str] = mapped_column(String(16))
     layers_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NetworkRow(Base):
+    __tablename__ = "networks"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    spec_json: Mapped[str] = mapped_column(Text)
+    bridge: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

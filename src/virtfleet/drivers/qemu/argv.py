@@ -6,6 +6,7 @@ import json
 
 from virtfleet.drivers.base import BootImage
 from virtfleet.drivers.qemu.runtime import RunPaths
+from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec
 
 # Per machine type: how virtio devices attach (microvm has virtio-mmio only, q35 has PCI).
@@ -84,6 +85,46 @@ def disk_device(disk: DiskSpec, machine: str, *, bus: str | None = None) -> dict
     return device
 
 
+_NIC_DRIVERS = {("virtio", "microvm"): "virtio-net-device", ("virtio", "q35"): "virtio-net-pci",
+                ("e1000", "q35"): "e1000"}
+
+
+def nic_forwards(nic: NicSpec) -> list[str]:
+    # Forwards listen on loopback only: exposing a guest port to the network is a decision, not a default.
+    return [f"{proto}:127.0.0.1:{host}-:{guest}" for proto, host, guest in (f.split(":") for f in nic.forwards)]
+
+
+def nic_netdev(nic: NicSpec) -> dict[str, object]:
+    """The -netdev / netdev_add options of a NIC: the tap virtfleet made on the network's bridge, or user mode."""
+    if nic.user_mode:
+        return {"type": "user", "id": nic.netdev_id, "hostfwd": nic_forwards(nic)}
+    if nic.tap is None:
+        raise ValueError(f"NIC on {nic.network} has no tap")
+    return {"type": "tap", "id": nic.netdev_id, "ifname": nic.tap, "script": "no", "downscript": "no"}
+
+
+def nic_device(nic: NicSpec, machine: str) -> dict[str, object]:
+    return {"driver": _NIC_DRIVERS[(nic.model, machine)], "id": f"{nic.netdev_id}-dev", "netdev": nic.netdev_id,
+            "mac": nic.mac}
+
+
+def _netdev_arg(options: dict[str, object]) -> str:
+    parts = [str(options["type"])]
+    for key, value in options.items():
+        if key == "type":
+            continue
+        values = value if isinstance(value, list) else [value]
+        parts += [f"{key}={_opt(item)}" for item in values]
+    return ",".join(parts)
+
+
+def _nic_args(nics: list[NicSpec], machine: str) -> list[str]:
+    args: list[str] = []
+    for nic in nics:
+        args += ["-netdev", _netdev_arg(nic_netdev(nic)), "-device", _device_arg(nic_device(nic, machine))]
+    return args
+
+
 def _device_arg(options: dict[str, object]) -> str:
     driver = options["driver"]
     rest = ",".join(f"{key}={_opt(value)}" for key, value in options.items() if key != "driver")
@@ -130,4 +171,4 @@ def build_argv(
             argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1}"]
     # The boot order only means something to firmware booting a disk; with a kernel image it is left out.
     disks = spec.disks if boot is None else [d.model_copy(update={"boot_index": None}) for d in spec.disks]
-    return argv + _disk_args(disks, spec.machine)
+    return argv + _disk_args(disks, spec.machine) + _nic_args(spec.nics, spec.machine)

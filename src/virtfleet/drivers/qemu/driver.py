@@ -33,7 +33,15 @@ from virtfleet.drivers.base import (
 )
 from virtfleet.drivers.qemu import blockjobs
 from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
-from virtfleet.drivers.qemu.argv import HOTPLUG_PORTS, blockdev_nodes, build_argv, disk_device
+from virtfleet.drivers.qemu.argv import (
+    HOTPLUG_PORTS,
+    blockdev_nodes,
+    build_argv,
+    disk_device,
+    nic_device,
+    nic_forwards,
+    nic_netdev,
+)
 from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
 from virtfleet.drivers.qemu.runtime import (
     RunPaths,
@@ -45,6 +53,7 @@ from virtfleet.drivers.qemu.runtime import (
     write_record,
 )
 from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
+from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 log = logging.getLogger(__name__)
@@ -439,6 +448,40 @@ class QemuDriver:
         except DriverError:
             return False
         return True
+
+    # --- NICs ----------------------------------------------------------------------------------------------
+    async def attach_nic(self, vm_id: str, nic: NicSpec) -> None:
+        paths, monitor, _ = await self._require_running(vm_id)
+        machine = self._hotplug_machine(paths)
+        async with self._lock(vm_id):
+            netdev = nic_netdev(nic)
+            if nic.user_mode:  # QMP takes each forward as {"str": ...}, the command line as repeated keys
+                netdev["hostfwd"] = [{"str": forward} for forward in nic_forwards(nic)]
+            await monitor.execute("netdev_add", netdev)
+            try:
+                await self._plug_into_free_port(monitor, nic_device(nic, machine))
+            except BaseException:
+                with contextlib.suppress(DriverError):
+                    await monitor.execute("netdev_del", {"id": nic.netdev_id})
+                raise
+
+    async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None:
+        paths, monitor, _ = await self._require_running(vm_id)
+        self._hotplug_machine(paths)
+        device_id = f"{nic.netdev_id}-dev"
+        async with self._lock(vm_id):
+            await monitor.execute("device_del", {"id": device_id})
+            deadline = time.monotonic() + timeout
+            while await self._device_present(monitor, device_id):
+                if time.monotonic() >= deadline:
+                    raise OperationTimeout(f"the guest did not release NIC {nic.mac} within {timeout:g}s")
+                await asyncio.sleep(0.2)
+            with contextlib.suppress(DriverError):
+                await monitor.execute("netdev_del", {"id": nic.netdev_id})
+
+    async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        await monitor.execute("set_link", {"name": f"{nic.netdev_id}-dev", "up": up})
 
     # --- snapshots -----------------------------------------------------------------------------------------
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:

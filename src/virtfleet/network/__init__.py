@@ -1,0 +1,1 @@
+"""Host networking for virtfleet: bridges, taps, nftables NAT/isolation and per-network dnsmasq."""
