@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from virtfleet.drivers.base import BootImage
 from virtfleet.drivers.qemu.argv import build_argv
 from virtfleet.drivers.qemu.runtime import RunPaths
+from virtfleet.model.network import NetworkSpec
 from virtfleet.model.vm import DiskSpec, VmSpec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "argv"
@@ -39,6 +41,14 @@ CASES = {
     "q35-disk-boot": (
         VmSpec(name="legacy", machine="q35", image=None,
                disks=[{"path": "/pools/default/legacy.qcow2", "boot_index": 0, "cache": "writethrough"}]),
+        "tcg",
+    ),
+    "q35-nics": (
+        VmSpec(name="net", machine="q35", nics=[
+            {"network": "lan", "mac": "52:54:00:aa:bb:01", "tap": "vft0123456789"},
+            {"network": "old", "model": "e1000", "mac": "52:54:00:aa:bb:02", "tap": "vft9876543210"},
+            {"network": "usr", "mac": "52:54:00:aa:bb:03", "user_mode": True, "forwards": ["tcp:8080:80"]},
+        ]),
         "tcg",
     ),
     "microvm-disk": (VmSpec(name="m1", memory=128, disks=[{"path": "/pools/default/a.qcow2"}]), "tcg"),
@@ -131,3 +141,32 @@ def test_backing_chain_is_opened_explicitly_and_read_only() -> None:
     # backing layers open read-only until a merge needs them writable; the top is the guest's
     assert [n.get("auto-read-only") for n in files] == [True, True, None]
     assert [n["filename"] for n in nodes if n["driver"] == "file"] == ["/p/base.raw", "/p/snap.qcow2", "/p/clone.qcow2"]
+
+
+def test_nics_get_taps_or_user_mode_with_loopback_forwards() -> None:
+    spec, accel = CASES["q35-nics"]
+    argv = build_argv(VM_ID, spec, BOOT, PATHS, accel=accel)
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs[0].startswith("tap,") and "ifname=vft0123456789,script=no,downscript=no" in netdevs[0]
+    assert netdevs[2].startswith("user,") and "hostfwd=tcp:127.0.0.1:8080-:80" in netdevs[2]
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert any(d.startswith("e1000,") and "mac=52:54:00:aa:bb:02" in d for d in devices)
+    assert sum(d.startswith("virtio-net-pci,") for d in devices) == 2
+
+
+def test_e1000_needs_q35_and_vlans_need_a_host_bridge() -> None:
+    with pytest.raises(ValidationError, match="e1000"):
+        VmSpec(name="m", nics=[{"network": "lan", "model": "e1000"}])
+    with pytest.raises(ValidationError, match="VLAN"):
+        NetworkSpec(name="n", mode="nat", subnet="10.1.0.0/24", vlan=10)
+    for bad in ({"vlan": 0}, {"vlan": 4095}):
+        with pytest.raises(ValidationError):
+            NetworkSpec(name="b", mode="bridge", bridge="br0", **bad)
+    with pytest.raises(ValidationError, match="private"):
+        NetworkSpec(name="p", mode="nat", subnet="8.8.8.0/24")
+    with pytest.raises(ValidationError, match="not an IPv4 subnet"):
+        NetworkSpec(name="p", mode="nat", subnet="10.1.0.1/24")
+    with pytest.raises(ValidationError, match="MAC"):
+        VmSpec(name="m", nics=[{"network": "lan", "mac": "52:54:00:zz:00:01"}])
+    with pytest.raises(ValidationError, match="multicast"):
+        VmSpec(name="m", nics=[{"network": "lan", "mac": "01:00:5e:00:00:01"}])
