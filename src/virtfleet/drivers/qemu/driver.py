@@ -427,18 +427,20 @@ class QemuDriver:
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         paths, monitor, _ = await self._require_running(vm_id)
         self._hotplug_machine(paths)
-        device_id = f"{disk.node_name}-dev"
         async with self._lock(vm_id):
-            await monitor.execute("device_del", {"id": device_id})
-            # The guest has to let go first (PCIe hot-unplug goes through its attention-button handling).
-            deadline = time.monotonic() + timeout
-            while await self._device_present(monitor, device_id):
-                if time.monotonic() >= deadline:
-                    raise OperationTimeout(f"the guest did not release {disk.volume or disk.path} within {timeout:g}s")
-                await asyncio.sleep(0.2)
+            await self._unplug(monitor, f"{disk.node_name}-dev", timeout, str(disk.volume or disk.path))
             for node in reversed(blockdev_nodes(disk)):
                 with contextlib.suppress(DriverError):
                     await monitor.execute("blockdev-del", {"node-name": node["node-name"]})
+
+    async def _unplug(self, monitor: Monitor, device_id: str, timeout: float, what: str) -> None:
+        """device_del, then wait until the guest has let go (hot-unplug goes through the guest's ACPI handling)."""
+        await monitor.execute("device_del", {"id": device_id})
+        deadline = time.monotonic() + timeout
+        while await self._device_present(monitor, device_id):
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(f"the guest did not release {what} within {timeout:g}s")
+            await asyncio.sleep(0.2)
 
     async def _device_present(self, monitor: Monitor, device_id: str) -> bool:
         try:
@@ -468,14 +470,8 @@ class QemuDriver:
     async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None:
         paths, monitor, _ = await self._require_running(vm_id)
         self._hotplug_machine(paths)
-        device_id = f"{nic.netdev_id}-dev"
         async with self._lock(vm_id):
-            await monitor.execute("device_del", {"id": device_id})
-            deadline = time.monotonic() + timeout
-            while await self._device_present(monitor, device_id):
-                if time.monotonic() >= deadline:
-                    raise OperationTimeout(f"the guest did not release NIC {nic.mac} within {timeout:g}s")
-                await asyncio.sleep(0.2)
+            await self._unplug(monitor, f"{nic.netdev_id}-dev", timeout, f"NIC {nic.mac}")
             with contextlib.suppress(DriverError):
                 await monitor.execute("netdev_del", {"id": nic.netdev_id})
 
