@@ -128,6 +128,16 @@ def test_nat_isolated_and_user_networks_with_real_guests(netns_daemon: Daemon) -
     assert nics[0]["ip"] == ip_a and nics[0]["mac"].startswith("52:54:00")
     assert pings(daemon, "a", ip_b) and pings(daemon, "a", "10.77.0.1") and pings(daemon, "b", OUTSIDE)
 
+    # A daemon killed with SIGKILL comes back to the same bridges, rules and DHCP servers: no duplicates.
+    dnsmasqs = sorted(sh("pgrep", "-f", "dnsmasq.*vf", netns=ns, check=False).split())
+    made = (links(ns), tables(ns))
+    daemon.kill()
+    daemon.start()
+    assert sorted(sh("pgrep", "-f", "dnsmasq.*vf", netns=ns, check=False).split()) == dnsmasqs
+    assert (links(ns), tables(ns)) == made
+    assert pings(daemon, "b", ip_a)
+    assert {ip_a, ip_b} <= {lease["ip"] for lease in daemon.call("GET", "/networks/lan/leases").json()}
+
     # Isolated: DHCP and the gateway work, the way out does not.
     ip_iso = address(daemon, "iso")
     assert ip_iso.startswith("10.78.0.") and pings(daemon, "iso", "10.78.0.1")
@@ -138,6 +148,16 @@ def test_nat_isolated_and_user_networks_with_real_guests(netns_daemon: Daemon) -
     console_run(daemon, "web", "httpd -p 80 -h /www; echo httpd-$((8*8))", "httpd-64")
     page = sh("busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:{web_port}/", netns=ns)
     assert "virtfleet-httpd-ok" in page
+
+    # Bridge mode: a guest's tap joins an existing host bridge.
+    sh("ip", "link", "add", "br-test", "type", "bridge", netns=ns)
+    joined = daemon.call("POST", "/networks", json={"name": "hostbr", "mode": "bridge", "bridge": "br-test"})
+    assert joined.status_code == 201, joined.text
+    daemon.ok("POST", "/vms/iso/stop")
+    daemon.ok("POST", "/vms/iso/nics", json={"network": "hostbr"})
+    daemon.ok("POST", "/vms/iso/start")
+    masters = {link["ifname"]: link.get("master") for link in json.loads(sh("ip", "-j", "link", netns=ns))}
+    assert sum(1 for name, master in masters.items() if name.startswith("vft") and master == "br-test") == 1
 
     # Hot-plug a NIC into the running q35 guest: a new interface appears and gets an address.
     daemon.ok("POST", "/vms/b/nics", json={"network": "lab"})
@@ -151,7 +171,8 @@ def test_nat_isolated_and_user_networks_with_real_guests(netns_daemon: Daemon) -
     assert in_use.status_code == 409 and "a" in in_use.json()["error"]["message"]
     for name in vms:
         daemon.ok("DELETE", f"/vms/{name}", params={"force": "true"})
-    for name in ("lan", "lab", "usr"):
+    for name in ("lan", "lab", "usr", "hostbr"):
         assert daemon.call("DELETE", f"/networks/{name}").status_code == 204
     assert links(ns) == before_links and tables(ns) == before_tables
+    assert "br-test" in json.dumps(json.loads(sh("ip", "-j", "link", netns=ns)))  # not ours: never removed
     assert not list((daemon.data_dir / "networks").glob("*/*.pid"))
