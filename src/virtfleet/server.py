@@ -18,6 +18,7 @@ from virtfleet.jobs.runner import JobRunner
 from virtfleet.jobs.snapshots import SnapshotService
 from virtfleet.jobs.storage import StorageService
 from virtfleet.jobs.vm_disks import DiskResolver, vm_using
+from virtfleet.jobs.vm_templates import VmTemplates
 from virtfleet.jobs.vms import VmService, host_name
 from virtfleet.store.db import Database
 
@@ -34,6 +35,7 @@ class Server:
     storage: StorageService
     networks: NetworkService
     vms: VmService
+    templates: VmTemplates
     snapshots: SnapshotService
     reconciler: Reconciler
 
@@ -52,9 +54,10 @@ class Server:
         disks = DiskResolver(db, storage, settings.data_dir / "seeds")
         networks = NetworkService(db, settings.data_dir / "networks")
         vms = VmService(db, driver, runner, images, host=host, disks=disks, networks=networks)
+        templates = VmTemplates(db, vms, storage, runner)
         snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
-        return cls(settings, db, driver, runner, images, storage, networks, vms, snapshots, reconciler)
+        return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:

@@ -17,8 +17,9 @@ from virtfleet.images.bootdisk import build_boot_disk
 from virtfleet.images.tiny import default_cmdline
 from virtfleet.jobs.runner import JobContext
 from virtfleet.model.job import Event, Job
+from virtfleet.model.names import NAME_PATTERN
 from virtfleet.model.storage import SizeBytes, parse_volume_ref
-from virtfleet.model.vm import VOLUME_REF_PATTERN, DiskSpec, Vm, VmSpec
+from virtfleet.model.vm import VOLUME_REF_PATTERN, DiskSpec, MemoryMiB, Vm, VmSpec
 from virtfleet.server import Server
 
 router = APIRouter()
@@ -126,6 +127,27 @@ async def delete_vm(
 ) -> Job:
     """Delete a VM (running: only with force=true). Its volumes are kept unless delete_volumes=true."""
     return accepted(server.vms.delete(ref, force=force, delete_volumes=delete_volumes), response)
+
+
+class CloneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    linked: bool = Field(default=True, description="linked clones of the template's disks (instant), or copies")
+    cpus: int | None = Field(default=None, ge=1, le=256)
+    memory: MemoryMiB | None = None
+
+
+@router.post("/vms/{ref}/template", response_model=Vm, tags=["vms"])
+async def make_template(ref: str, server: ServerDep) -> Vm:
+    """Freeze a stopped VM as a template: its volumes become read-only bases and it never runs again."""
+    return server.templates.make_template(ref)
+
+
+@router.post("/vms/{ref}/clone", response_model=Job, status_code=202, tags=["vms"])
+async def clone_vm(ref: str, body: CloneIn, server: ServerDep, response: Response) -> Job:
+    """Create a VM from a template VM: its settings, new MACs, and clones of its disks."""
+    job = server.templates.clone(ref, body.name, linked=body.linked, cpus=body.cpus, memory=body.memory)
+    return accepted(job, response)
 
 
 @router.post("/vms/{ref}/disks", response_model=Job, status_code=202, tags=["vms"])

@@ -55,7 +55,8 @@ def run(as_json: bool, action: Callable[[Client], Any], render: Callable[[Any], 
     return result
 
 
-def run_job(as_json: bool, submit: Callable[[Client], dict[str, Any]], wait: bool = True) -> dict[str, Any]:
+def run_job(as_json: bool, submit: Callable[[Client], dict[str, Any]], wait: bool = True,
+            quiet: bool = False) -> dict[str, Any]:
     """Submit a job and (unless --no-wait) follow it to the end with a progress line; exit 1 if it failed."""
 
     def action(client: Client) -> dict[str, Any]:
@@ -67,10 +68,12 @@ def run_job(as_json: bool, submit: Callable[[Client], dict[str, Any]], wait: boo
         with err.status(f"{job['kind']}: {job['message']}") as status:
             return client.wait_job(job, lambda j: status.update(f"{j['kind']}: {j['message']} ({j['progress']}%)"))
 
-    job: dict[str, Any] = run(as_json, action)
+    job: dict[str, Any] = run(as_json and not quiet, action)
     if job["status"] == "failed":
-        fail(job.get("error") or "job failed", as_json=False, code=1) if not as_json else _exit_failed()
-    if not as_json:
+        if as_json and not quiet:
+            _exit_failed()
+        fail(job.get("error") or "job failed", as_json=as_json, code=1)
+    if not as_json and not quiet:
         if wait:
             out.print(job["message"])
         else:

@@ -107,6 +107,13 @@ def create(
         flags["cloud_init"] = {"hostname": hostname, "user_data": _read_arg(user_data) if user_data else None,
                                "ssh_keys": [_read_arg(k) for k in ssh_key or []]}
     spec = _spec_from(name, file, flags, as_json)
+    if from_template is not None and disk_image is None and _is_vm_template(from_template):
+        body = {"name": spec["name"], "linked": not full_clone, "cpus": cpus, "memory": memory}
+        run_job(as_json and not start, lambda c: c.post(f"/vms/{from_template}/clone", json=body),
+                quiet=as_json and start)  # with --json --start, stdout carries the start job alone
+        if start:
+            run_job(as_json, lambda c: c.post(f"/vms/{spec['name']}/start"))
+        return
     if spec.get("image") == "none":
         spec["image"] = None
     created_volume = _first_disk(spec, from_template, full_clone, disk_image, disk_format, as_json)
@@ -121,6 +128,15 @@ def create(
         raise
     if start:
         run_job(as_json, lambda c: c.post(f"/vms/{vm['name']}/start"))
+
+
+def _is_vm_template(name: str) -> bool:
+    """--from-template names a template VM, or else a template volume."""
+    with Client(state.url) as client:
+        try:
+            return bool(client.get(f"/vms/{name}").get("template"))
+        except ApiError:
+            return False
 
 
 def _first_disk(spec: dict[str, Any], from_template: str | None, full_clone: bool, disk_image: Path | None,
@@ -394,3 +410,10 @@ def nic_link(name: str, mac: str, state: str = typer.Argument(..., help="up or d
     if state not in ("up", "down"):
         fail("state: use up or down", as_json=as_json, code=2)
     run_job(as_json, lambda c: c.post(f"/vms/{name}/nics/{mac}/link", json={"up": state == "up"}))
+
+
+@app.command()
+def template(name: str, as_json: bool = JsonOption) -> None:
+    """Turn a stopped VM into a template (it never runs again; create VMs from it with --from-template)."""
+    run(as_json, lambda c: c.post(f"/vms/{name}/template"),
+        lambda vm: out.print(f"vm '{vm['name']}' is now a template"))

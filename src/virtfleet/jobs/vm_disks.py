@@ -17,6 +17,8 @@ from virtfleet.store.db import Database
 def vm_using(db: Database, path: str, *, except_vm: str | None = None) -> str | None:
     """The VM whose spec has a disk at `path` (one host holds few VMs: a scan is cheap and never stale)."""
     for vm in db.list_vms():
+        if vm.template:
+            continue  # a template never runs: its clones read its volumes, it does not
         if vm.name != except_vm and any(disk.path == path for disk in vm.spec.disks):
             return vm.name
     return None

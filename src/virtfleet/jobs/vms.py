@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
-from virtfleet.errors import NotFound, OperationTimeout, VirtfleetError
+from virtfleet.errors import Conflict, NotFound, OperationTimeout, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
 from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.runner import JobContext, JobRunner
@@ -97,6 +97,10 @@ class VmService:
         self.db.add_event(vm.id, kind, message)
 
     def start(self, ref: str) -> Job:
+        vm = self.db.get_vm(ref)
+        if vm.template:
+            raise Conflict(f"vm '{vm.name}' is a template and never runs; create a VM from it "
+                           "(vm create NAME --from-template " + vm.name + ")")
         async def work(vm: Vm, context: JobContext) -> str:
             boot = self.images.boot_image(vm.spec)
             self.db.set_vm_state(vm.id, VmState.STARTING, "starting")

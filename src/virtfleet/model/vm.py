@@ -202,6 +202,7 @@ class Vm(BaseModel):
     state_reason: str = ""
     host: str
     accel: str = ""
+    template: bool = False  # a template VM never runs: VMs are created from it (linked clones of its disks)
     created_at: datetime
     updated_at: datetime
 

@@ -44,6 +44,7 @@ def _vm(row: VmRow) -> Vm:
         state_reason=row.state_reason,
         host=row.host,
         accel=row.accel,
+        template=row.template,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
     )
@@ -171,6 +172,14 @@ class Database:
             if row is None:
                 raise NotFound("vm", vm_id)
             row.spec_json, row.spec_version, row.updated_at = spec.model_dump_json(), SPEC_SCHEMA_VERSION, utcnow()
+            return _vm(row)
+
+    def set_vm_template(self, vm_id: str, template: bool) -> Vm:
+        with self.session() as session:
+            row = session.get(VmRow, vm_id)
+            if row is None:
+                raise NotFound("vm", vm_id)
+            row.template, row.updated_at = template, utcnow()
             return _vm(row)
 
     def delete_vm(self, vm_id: str) -> None:

@@ -26,6 +26,7 @@ class VmRow(Base):
     state_reason: Mapped[str] = mapped_column(Text, default="")
     host: Mapped[str] = mapped_column(String(255))
     accel: Mapped[str] = mapped_column(String(16), default="")
+    template: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
