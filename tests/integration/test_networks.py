@@ -74,7 +74,11 @@ def netns_daemon(short_tmp: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
             for pid in qemu_pids(short_tmp):
                 subprocess.run(["kill", "-9", str(pid)], check=False)
     finally:
-        subprocess.run(["ip", "netns", "pids", host_ns], check=False, capture_output=True)
+        # Deleting a namespace does not stop what runs in it (dnsmasq, QEMU): a failed test must not leak them.
+        for ns in (host_ns, outside_ns):
+            pids = subprocess.run(["ip", "netns", "pids", ns], check=False, capture_output=True, text=True).stdout
+            for pid in pids.split():
+                subprocess.run(["kill", "-9", pid], check=False)
         for ns in (host_ns, outside_ns):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", f"vfa{tag}"], check=False, capture_output=True)

@@ -233,7 +233,7 @@ dhcp_client() {
   ip link set "$1" up 2>/dev/null || return
   host=$(hostname)
   [ "$host" = "(none)" ] && host=
-  (udhcpc -f -i "$1" -t 5 -T 1 -S -s /etc/udhcpc.script ${host:+-x "hostname:$host"} </dev/null >/dev/null 2>&1 &
+  (udhcpc -f -i "$1" -t 10 -T 2 -A 1 -S -s /etc/udhcpc.script ${host:+-x "hostname:$host"} </dev/null >/dev/null 2>&1 &
    echo $! >"/run/udhcpc.$1.pid")
 }
 for dev in /sys/class/net/eth*; do dhcp_client "${dev##*/}"; done
