@@ -29,7 +29,8 @@ def tiny_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = os.environ.get("VIRTFLEET_TEST_IMAGE_DIR")
     dest = Path(cache) if cache else tmp_path_factory.mktemp("images") / "tiny"
     try:
-        load_image(dest)
+        if load_image(dest).stale:
+            build_tiny_image(dest)
     except Exception:
         build_tiny_image(dest)
     return dest

@@ -157,3 +157,18 @@ def test_guest_modules_include_the_virtio_transports_and_the_power_button() -> N
     assert {"virtio_ring", "virtio", "virtio_mmio", "virtio_pci", "button", "evdev"} <= set(GUEST_MODULES)
     assert {"virtio_net", "e1000"} <= set(GUEST_MODULES)  # both NIC models virtfleet offers
     assert GUEST_MODULES.index("virtio_ring") < GUEST_MODULES.index("virtio")
+
+
+def test_images_built_by_an_older_virtfleet_are_stale(tmp_path: Path) -> None:
+    from virtfleet.images.catalog import ImageCatalog
+    from virtfleet.images.tiny import GUEST_VERSION
+
+    dest = tmp_path / "tiny"
+    dest.mkdir()
+    (dest / "vmlinux").write_bytes(b"k")
+    (dest / "initramfs.cpio").write_bytes(b"i")
+    write_manifest(dest, name="tiny", kernel_release="6.1", guest_version=GUEST_VERSION - 1)
+    catalog = ImageCatalog(tmp_path)
+    assert load_image(dest).stale and not catalog.info("tiny").built  # so `demo` and `image build` redo it
+    write_manifest(dest, name="tiny", kernel_release="6.1")
+    assert catalog.info("tiny").built

@@ -46,10 +46,12 @@ class ImageCatalog:
         self.builders = dict(DEFAULT_BUILDERS if builders is None else builders)
 
     def _load(self, name: str) -> BuiltImage | None:
+        """A usable built image: missing, broken or (for images we build) stale ones count as not built."""
         try:
-            return load_image(self.root / name)
+            image = load_image(self.root / name)
         except ImageBuildError:
             return None
+        return None if image.stale and name in self.builders else image
 
     def list(self) -> list[ImageInfo]:
         names = set(self.builders)
@@ -94,6 +96,8 @@ class ImageCatalog:
         built = self._load(spec.image)
         if built is None:
             hint = f"; build it with: virtfleet image build {spec.image}" if spec.image in self.builders else ""
+            if (self.root / spec.image / "image.json").is_file():
+                raise InvalidSpec("image", f"image '{spec.image}' was built by an older virtfleet{hint}")
             raise InvalidSpec("image", f"no built image named '{spec.image}'{hint}")
         return built
 

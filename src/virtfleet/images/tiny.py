@@ -25,6 +25,8 @@ from virtfleet.images.cpio import CpioWriter
 READY_MARKER = "VIRTFLEET-READY"
 MANIFEST = "image.json"
 MANIFEST_FORMAT = 1
+# Bumped whenever what the guest does changes (modules, /etc/rc): an image built by an older virtfleet is stale.
+GUEST_VERSION = 4
 KERNEL_FILE = "vmlinux"
 INITRD_FILE = "initramfs.cpio"
 
@@ -61,15 +63,22 @@ class BuiltImage:
     kernel: Path
     initrd: Path
     kernel_release: str
+    guest_version: int = GUEST_VERSION
+
+    @property
+    def stale(self) -> bool:
+        """Built by an older virtfleet: the guest lacks what this version expects (DHCP, seeds, modules)."""
+        return self.guest_version < GUEST_VERSION
 
 
-def write_manifest(dest: Path, *, name: str, kernel_release: str) -> BuiltImage:
+def write_manifest(dest: Path, *, name: str, kernel_release: str, guest_version: int = GUEST_VERSION) -> BuiltImage:
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": name,
         "kernel": KERNEL_FILE,
         "initrd": INITRD_FILE,
         "kernel_release": kernel_release,
+        "guest_version": guest_version,
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return load_image(dest)
@@ -88,7 +97,8 @@ def load_image(path: Path) -> BuiltImage:
     for part in (kernel, initrd):
         if not part.is_file():
             raise ImageBuildError(f"image {path.name} is incomplete: {part.name} is missing")
-    return BuiltImage(str(manifest["name"]), kernel, initrd, str(manifest["kernel_release"]))
+    return BuiltImage(str(manifest["name"]), kernel, initrd, str(manifest["kernel_release"]),
+                      int(manifest.get("guest_version", 0)))
 
 
 def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
