@@ -21,33 +21,52 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from virtfleet import __version__
+from common import (
+    BenchError,
+    Serve,
+    add_output_options,
+    cpu_model,
+    data_dir,
+    free_port,
+    job_seconds,
+    kill_by_pid,
+    kill_procs,
+    memory_mib,
+    new_results,
+    our_qemu_pids,
+    proc_cpu_s,
+    proc_memory,
+    proc_status_kib,
+    progress_printer,
+    qemu_facts,
+    raw_argv,
+    reap,
+    run_and_record,
+    runtime_record,
+    software_facts,
+    summary,
+    wait_ok,
+)
 from virtfleet.client import ApiError, Client
 from virtfleet.config import Settings
 from virtfleet.images.tiny import READY_MARKER, build_tiny_image
 
-ROOT = Path(__file__).resolve().parent.parent
 POLL = 0.020  # boot latency poll interval (seconds), virtfleet and raw alike
 FLEET_POLL = 0.25  # the memory phase only needs "all ready", not a precise time
 BOOT_TIMEOUT = 60.0
@@ -56,53 +75,7 @@ JOB_TIMEOUT = 60.0
 console = Console(width=None if sys.stdout.isatty() else 110)
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says what failed."""
-
-
 # --- small helpers ------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def proc_status_kib(pid: int, field_name: str = "VmRSS") -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field_name}:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_memory(pid: int) -> dict[str, int]:
-    """VmRSS and its split (RssAnon, RssFile, RssShmem) from /proc/<pid>/status, plus Pss from smaps_rollup (kiB).
-
-    QEMU's VmRSS counts the page-cache pages of the kernel file it maps, which every VM shares; Pss splits them."""
-    memory: dict[str, int] = {}
-    for field_name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-        value = proc_status_kib(pid, field_name)
-        if value is not None:
-            memory[field_name] = value
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                memory["Pss"] = int(line.split()[1])
-    return memory
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU time of a process so far (seconds)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
 def file_has_marker(path: Path) -> bool:
@@ -112,154 +85,19 @@ def file_has_marker(path: Path) -> bool:
         return False
 
 
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
-        return []
-
-
-def our_qemu_pids(marker: str) -> list[int]:
-    """Live qemu-system processes whose command line names `marker` (the benchmark's unique data directory)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        argv = proc_cmdline(int(entry.name))
-        if argv and "qemu-system" in Path(argv[0]).name and any(marker in arg for arg in argv):
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[-1].split()[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "mean": statistics.fmean(values),
-        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def job_seconds(job: dict[str, Any]) -> float | None:
-    """Server-side duration of a job (created -> finished)."""
-    created, finished = parse_time(job.get("created_at")), parse_time(job.get("finished_at"))
-    return (finished - created).total_seconds() if created and finished else None
-
-
 def ready_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if READY_MARKER in line), "")
 
 
 def machine_facts(binary: str) -> dict[str, Any]:
-    try:
-        qemu = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
-        qemu_version = qemu.splitlines()[0].strip()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        qemu_version = f"unknown ({exc})"
-    cpu_model = ""
-    mem_total_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total_kib = int(line.split()[1])
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_mib": mem_total_kib // 1024,
+        "cpu_model": cpu_model(),
+        "memory_mib": memory_mib(),
         "kernel": platform.release(),
-        "qemu_binary": shutil.which(binary) or binary,
-        "qemu_version": qemu_version,
-        "accel": "tcg",
-        "python": platform.python_version(),
-        "virtfleet_version": __version__,
+        **qemu_facts(binary),
+        **software_facts(),
     }
-
-
-# --- the serve process --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Serve:
-    data_dir: Path
-    port: int
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no serve log)"
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"`virtfleet serve` exited with status {self.proc.returncode}; its log ends with:\n"
-                             f"{self.log_tail()}")
-
-    def start(self, client: Client, timeout: float = 30.0) -> float:
-        env = os.environ.copy()
-        env.pop("VIRTFLEET_DATABASE_URL", None)  # state must live in our throw-away data dir
-        env["VIRTFLEET_DATA_DIR"] = str(self.data_dir)
-        env["VIRTFLEET_DRIVER"] = "qemu"
-        argv = [sys.executable, "-m", "virtfleet", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--log-level", "warning"]
-        t0 = time.perf_counter()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                client.get("/health")
-                return time.perf_counter() - t0
-            except ApiError:
-                time.sleep(0.05)
-        raise BenchError(f"`virtfleet serve` did not answer /health within {timeout:g}s; log:\n{self.log_tail()}")
-
-    def rss_kib(self) -> int:
-        value = proc_status_kib(self.pid)
-        if value is None:
-            self.check_alive()
-            raise BenchError(f"cannot read VmRSS of serve pid {self.pid}")
-        return value
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------------
@@ -280,23 +118,14 @@ class Bench:
 
     # API plumbing
     def wait_ok(self, job: dict[str, Any], what: str, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
-        done = self.client.wait_job(job, timeout=timeout)
-        if done["status"] != "succeeded":
-            raise BenchError(f"{what}: job {done['id']} ({done['kind']}) ended {done['status']}: "
-                             f"[{done.get('error_code')}] {done.get('error')}")
-        return done
+        return wait_ok(self.client, job, what, timeout)
 
     def logs(self, name: str) -> str:
         text: str = self.client.get(f"/vms/{name}/logs", max_bytes=1 << 20)
         return text
 
     def runtime_record(self, vm_id: str) -> dict[str, Any]:
-        path = self.settings.run_dir / vm_id / "runtime.json"
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BenchError(f"cannot read the runtime record {path}: {exc}") from exc
-        return record
+        return runtime_record(self.settings.run_dir, vm_id)
 
     def remove_vm(self, name: str, *, graceful: bool) -> dict[str, Any]:
         """Shut down (ACPI, forced after 20 s) or stop, then delete; returns the timings."""
@@ -368,16 +197,7 @@ class Bench:
 
     # 1b. raw QEMU round
     def raw_argv(self, root: Path, new_id: str) -> list[str]:
-        argv: list[str] = []
-        args = iter(self.raw_template)
-        for arg in args:
-            if arg == "-daemonize":
-                continue
-            if arg == "-pidfile":
-                next(args)
-                continue
-            argv.append(arg.replace(self.template_root, str(root)).replace(self.template_id, new_id))
-        return argv
+        return raw_argv(self.raw_template, self.template_root, self.template_id, root, new_id)
 
     def raw_boot(self, index: int | str) -> dict[str, Any]:
         if not self.raw_template:
@@ -411,11 +231,7 @@ class Bench:
         qemu_cpu = proc_cpu_s(proc.pid)
         t1 = time.perf_counter()
         proc.terminate()  # SIGTERM: QEMU quits cleanly
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        reap(proc, 10)
         self.raw_procs.remove(proc)
         return {
             "index": index,
@@ -546,13 +362,8 @@ class Bench:
 
     # cleanup
     def cleanup(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"api_removed": [], "killed_qemu_pids": [], "errors": []}
-        for proc in self.raw_procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-                report["killed_qemu_pids"].append(proc.pid)
-        if self.serve.proc is not None and self.serve.proc.poll() is None:
+        report: dict[str, Any] = {"api_removed": [], "killed_qemu_pids": kill_procs(self.raw_procs), "errors": []}
+        if self.serve.running:
             try:
                 for vm in self.client.get("/vms"):
                     with contextlib.suppress(ApiError, BenchError):
@@ -561,15 +372,8 @@ class Bench:
             except ApiError as error:
                 report["errors"].append(f"listing VMs for cleanup: {error.message}")
         self.serve.stop()
-        marker = str(self.settings.data_dir)
-        for pid in our_qemu_pids(marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                report["killed_qemu_pids"].append(pid)
-        deadline = time.monotonic() + 5
-        while our_qemu_pids(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        report["qemu_left"] = our_qemu_pids(marker)
+        killed, report["qemu_left"] = kill_by_pid(partial(our_qemu_pids, str(self.settings.data_dir)), wait=5)
+        report["killed_qemu_pids"] += killed
         return report
 
 
@@ -638,48 +442,28 @@ def render(results: dict[str, Any]) -> None:
         console.print(table)
 
 
-@contextlib.contextmanager
-def data_dir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="vfb-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        if keep:
-            console.print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="counted boot rounds of each kind (default 5)")
     parser.add_argument("--vms", type=int, default=10, help="VMs for the memory phase (default 10; 0 skips it)")
-    parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "results" / "boot.json")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory (logs, run dirs) for a look")
+    add_output_options(parser, "boot", "logs, run dirs")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.vms < 0:
         parser.error("--rounds must be >= 1 and --vms >= 0")
 
     started = time.perf_counter()
+    progress = progress_printer(console, started)
 
-    def progress(message: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
-
-    results: dict[str, Any] = {
-        "benchmark": "boot",
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "config": {"rounds": args.rounds, "vms": args.vms, "poll_interval_s": POLL},
-        "errors": [],
-    }
-    status = 0
-    with data_dir(args.keep) as path:
+    results = new_results("boot", {"rounds": args.rounds, "vms": args.vms, "poll_interval_s": POLL})
+    with data_dir("vfb-", args.keep, console) as path:
         settings = Settings.from_env(data_dir=path, driver="qemu", port=free_port())
         results["machine"] = machine_facts(settings.qemu_binary)
         results["config"]["data_dir"] = str(path)
-        serve = Serve(path, settings.port, path / "serve.log")
+        serve = Serve(path, settings.port, path / "serve.log", stop_grace=10.0)
         client = Client(serve.url, timeout=30)
         bench = Bench(args.rounds, args.vms, settings, serve, client, results)
-        try:
+
+        def body() -> None:
             progress(f"building the tiny image into {settings.images_dir / 'tiny'}")
             t0 = time.perf_counter()
             image = build_tiny_image(settings.images_dir / "tiny")
@@ -694,23 +478,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.boot_latency(progress)
             if args.vms:
                 bench.memory(idle_cold, progress)
-        except (ApiError, BenchError) as error:
-            status = 1
-            detail: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-            if isinstance(error, ApiError):
-                detail.update(status=error.status, code=error.code, body=error.body)
-            detail["serve_log_tail"] = serve.log_tail()
-            results["errors"].append(detail)
-            console.print(f"[red]error:[/red] {detail}")
-        except KeyboardInterrupt:
-            status = 130
-            results["errors"].append({"type": "KeyboardInterrupt", "message": "interrupted"})
-        finally:
-            results["cleanup"] = bench.cleanup()
-            client.close()
-            results["duration_s"] = time.perf_counter() - started
-            args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            args.json_out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+        status = run_and_record(body, bench.cleanup, results=results, serve=serve, client=client, console=console,
+                                json_out=args.json_out, started=started)
     render(results)
     cleanup = results["cleanup"]
     left = cleanup["qemu_left"]

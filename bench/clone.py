@@ -27,33 +27,43 @@ the JSON file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from virtfleet import __version__
+from common import (
+    BenchError,
+    Serve,
+    add_output_options,
+    cpu_model,
+    data_dir,
+    find_pids,
+    free_port,
+    job_seconds,
+    kill_by_pid,
+    memory_mib,
+    new_results,
+    progress_printer,
+    run_and_record,
+    software_facts,
+    summary,
+    wait_ok,
+)
 from virtfleet.client import ApiError, Client
 from virtfleet.model.units import parse_size_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 CHUNK = 4 * MiB
 TEMPLATE = "golden"
@@ -65,41 +75,7 @@ console = Console(width=None if sys.stdout.isatty() else 110)
 Progress = Callable[[str], None]
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says what failed."""
-
-
 # --- small helpers ------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "mean": statistics.fmean(values),
-        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def job_seconds(job: dict[str, Any]) -> float | None:
-    """Server-side duration of a job (created -> finished)."""
-    created, finished = parse_time(job.get("created_at")), parse_time(job.get("finished_at"))
-    return (finished - created).total_seconds() if created and finished else None
 
 
 def run(argv: list[str]) -> str:
@@ -128,113 +104,31 @@ def flush_page_cache_writes() -> None:
     os.sync()
 
 
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
-        return []
-
-
 def our_qemu_img_pids(marker: str) -> list[int]:
-    """Live qemu-img processes whose command line names `marker` (the benchmark's unique data directory)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        argv = proc_cmdline(int(entry.name))
-        if argv and Path(argv[0]).name == "qemu-img" and any(marker in arg for arg in argv):
-            pids.append(int(entry.name))
-    return pids
+    """qemu-img processes (zombies too) whose command line names `marker` (the benchmark's unique data directory)."""
+    return find_pids(lambda program: program == "qemu-img", marker, zombies=True)
 
 
-def machine_facts(data_dir: Path) -> dict[str, Any]:
-    cpu_model = ""
-    mem_total_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total_kib = int(line.split()[1])
+def machine_facts(path: Path) -> dict[str, Any]:
     try:
         qemu_img = run(["qemu-img", "--version"]).splitlines()[0].strip()
     except BenchError as exc:
         qemu_img = f"unknown ({exc})"
     try:
-        fs_type = run(["stat", "-f", "-c", "%T", str(data_dir)]).strip()
+        fs_type = run(["stat", "-f", "-c", "%T", str(path)]).strip()
     except BenchError:
         fs_type = "unknown"
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_mib": mem_total_kib // 1024,
+        "cpu_model": cpu_model(),
+        "memory_mib": memory_mib(),
         "kernel": platform.release(),
         "qemu_img_version": qemu_img,
         "data_dir_fs": fs_type,
-        "python": platform.python_version(),
-        "virtfleet_version": __version__,
+        **software_facts(),
     }
 
 
-# --- the serve process --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Serve:
-    data_dir: Path
-    port: int
-    driver: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no serve log)"
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"`virtfleet serve` exited with status {self.proc.returncode}; its log ends with:\n"
-                             f"{self.log_tail()}")
-
-    def start(self, client: Client, timeout: float = 30.0) -> float:
-        env = os.environ.copy()
-        env.pop("VIRTFLEET_DATABASE_URL", None)  # state must live in our throw-away data dir
-        env["VIRTFLEET_DATA_DIR"] = str(self.data_dir)
-        env["VIRTFLEET_DRIVER"] = self.driver
-        argv = [sys.executable, "-m", "virtfleet", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--driver", self.driver, "--log-level", "warning"]
-        t0 = time.perf_counter()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                client.get("/health")
-                return time.perf_counter() - t0
-            except ApiError:
-                time.sleep(0.05)
-        raise BenchError(f"`virtfleet serve` did not answer /health within {timeout:g}s; log:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------------
@@ -268,12 +162,7 @@ class Bench:
         return f"{kind}{self.counter:03d}"
 
     def wait_ok(self, job: dict[str, Any], what: str) -> dict[str, Any]:
-        done = self.client.wait_job(job, timeout=JOB_TIMEOUT)
-        if done["status"] != "succeeded":
-            self.serve.check_alive()
-            raise BenchError(f"{what}: job {done['id']} ({done['kind']}) ended {done['status']}: "
-                             f"[{done.get('error_code')}] {done.get('error')}")
-        return done
+        return wait_ok(self.client, job, what, JOB_TIMEOUT, self.serve)
 
     def delete_volume(self, name: str) -> None:
         self.wait_ok(self.client.delete(f"/volumes/default/{name}"), f"delete volume {name}")
@@ -423,7 +312,7 @@ class Bench:
 
     def cleanup(self) -> dict[str, Any]:
         report: dict[str, Any] = {"api_removed": [], "killed_qemu_img_pids": [], "errors": []}
-        if self.serve.proc is not None and self.serve.proc.poll() is None:
+        if self.serve.running:
             for name in list(reversed(self.made)):
                 try:
                     if name == TEMPLATE:
@@ -433,12 +322,8 @@ class Bench:
                 except (ApiError, BenchError) as error:
                     report["errors"].append(f"deleting volume {name}: {error}")
         self.serve.stop()
-        marker = str(self.data_dir)
-        for pid in our_qemu_img_pids(marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                report["killed_qemu_img_pids"].append(pid)
-        report["qemu_img_left"] = our_qemu_img_pids(marker)
+        report["killed_qemu_img_pids"], report["qemu_img_left"] = kill_by_pid(
+            partial(our_qemu_img_pids, str(self.data_dir)))
         return report
 
 
@@ -496,18 +381,6 @@ def render(results: dict[str, Any]) -> None:
                   + ", ".join(f"{value:.3f}" for value in s["ratio_per_round"]))
 
 
-@contextlib.contextmanager
-def data_dir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="vfc-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        if keep:
-            console.print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3, help="counted rounds (default 3)")
@@ -515,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linked", type=int, default=5, help="linked clones per round (default 5)")
     parser.add_argument("--driver", default="qemu", help="the serve process's VM driver (default qemu; storage "
                         "runs real qemu-img either way)")
-    parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "results" / "clone.json")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory (serve log, pool) for a look")
+    add_output_options(parser, "clone", "serve log, pool")
     args = parser.parse_args(argv)
     try:
         size = parse_size_bytes(args.size)
@@ -526,48 +398,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds and --linked must be >= 1, --size a whole number of MiB (at least 1M)")
 
     started = time.perf_counter()
+    progress = progress_printer(console, started)
 
-    def progress(message: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
-
-    results: dict[str, Any] = {
-        "benchmark": "clone",
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "config": {"rounds": args.rounds, "size": args.size, "size_bytes": size, "linked_per_round": args.linked,
-                   "driver": args.driver},
-        "errors": [],
-    }
-    status = 0
-    with data_dir(args.keep) as path:
+    results = new_results("clone", {"rounds": args.rounds, "size": args.size, "size_bytes": size,
+                                    "linked_per_round": args.linked, "driver": args.driver})
+    with data_dir("vfc-", args.keep, console) as path:
         results["machine"] = machine_facts(path)
         results["config"]["data_dir"] = str(path)
-        serve = Serve(path / "data", free_port(), args.driver, path / "serve.log")
+        serve = Serve(path / "data", free_port(), path / "serve.log", driver=args.driver)
         client = Client(serve.url, timeout=60)
         bench = Bench(size, args.rounds, args.linked, serve.data_dir, serve, client, results)
         work = path / "work"
         work.mkdir()
-        try:
+
+        def body() -> None:
             progress(f"starting `virtfleet serve` (driver {args.driver}) on port {serve.port}")
             results["serve_startup_s"] = serve.start(client)
             bench.make_template(work, progress)
             bench.measure(progress)
-        except (ApiError, BenchError) as error:
-            status = 1
-            detail: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-            if isinstance(error, ApiError):
-                detail.update(status=error.status, code=error.code, body=error.body)
-            detail["serve_log_tail"] = serve.log_tail()
-            results["errors"].append(detail)
-            console.print(f"[red]error:[/red] {detail}")
-        except KeyboardInterrupt:
-            status = 130
-            results["errors"].append({"type": "KeyboardInterrupt", "message": "interrupted"})
-        finally:
-            results["cleanup"] = bench.cleanup()
-            client.close()
-            results["duration_s"] = time.perf_counter() - started
-            args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            args.json_out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+        status = run_and_record(body, bench.cleanup, results=results, serve=serve, client=client, console=console,
+                                json_out=args.json_out, started=started)
     render(results)
     cleanup = results["cleanup"]
     left = cleanup["qemu_img_left"]
