@@ -380,3 +380,23 @@ def test_untrusted_vmdk_must_be_a_single_file(tmp_path: Path) -> None:
 def test_untrusted_missing_file(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         inspect_untrusted(tmp_path / "nothing.qcow2", "qcow2", [tmp_path])
+
+
+def test_direct_convert_copies_exactly_and_falls_back_where_o_direct_is_missing(tmp_path: Path) -> None:
+    src = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "8M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5c 1M 1M", str(src)], check=True,
+                   capture_output=True)
+    dst = tmp_path / "dst.qcow2"
+    qemu_img.convert(src, "qcow2", dst, "qcow2", direct=True)
+    assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(src), str(dst)],
+                          capture_output=True).returncode == 0
+    assert not list(tmp_path.glob(".*direct-probe"))
+
+
+def test_direct_convert_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "4M"], check=True)
+    monkeypatch.setattr(qemu_img, "_supports_direct", lambda _dst: False)  # as on a file system without O_DIRECT
+    qemu_img.convert(src, "qcow2", tmp_path / "dst.qcow2", "qcow2", direct=True)
+    assert qemu_img.info(tmp_path / "dst.qcow2", "qcow2").virtual_size == 4 << 20

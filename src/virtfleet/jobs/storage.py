@@ -267,7 +267,7 @@ class StorageService:
             final = backend.volume_path(new_name)
             with transfer.atomic_destination(final) as temp:
                 temp.unlink(missing_ok=True)  # qemu-img convert creates its own target
-                qemu_img.convert(Path(source.path), source.format, temp, fmt,
+                qemu_img.convert(Path(source.path), source.format, temp, fmt, direct=True,
                                  progress=lambda pct: context.progress(int(pct), f"copying {source.ref}: {pct:.0f}%"))
             self.repo.add_volume(pool.name, new_name, fmt, source.size, str(final))
             return f"full clone {new_ref} of {source.ref}"
