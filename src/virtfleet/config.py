@@ -24,6 +24,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     reconcile_interval: float = 1.0
+    metrics_interval: float = 10.0  # how often each running VM's usage is sampled (the last hour is kept)
     qemu_binary: str = "qemu-system-x86_64"
 
     @classmethod
@@ -34,6 +35,7 @@ class Settings:
             "driver": env.get("VIRTFLEET_DRIVER", "qemu"),
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
+            "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

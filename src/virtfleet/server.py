@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from virtfleet.agent.metrics import MetricsSampler
 from virtfleet.agent.reconcile import Reconciler
 from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
@@ -38,6 +39,7 @@ class Server:
     templates: VmTemplates
     snapshots: SnapshotService
     reconciler: Reconciler
+    sampler: MetricsSampler
 
     @classmethod
     def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
@@ -57,7 +59,9 @@ class Server:
         templates = VmTemplates(db, vms, storage, runner)
         snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
-        return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler)
+        sampler = MetricsSampler(db, driver, settings.metrics_interval)
+        return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler,
+                   sampler)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:
@@ -67,8 +71,10 @@ class Server:
         if not info.kvm_usable:
             log.warning("%s", info.kvm_reason)
         self.reconciler.start()
+        self.sampler.start()
 
     async def stop(self) -> None:
+        await self.sampler.stop()
         await self.reconciler.stop()
         await self.runner.drain()
         await self.driver.close()

@@ -62,6 +62,15 @@ def test_lifecycle_of_a_real_guest(daemon: Daemon) -> None:
     console_run(daemon, "life", "ls /sys/block; echo disks-$((6*7))", "disks-42")
     assert "vda" in daemon.logs("life")
 
+    # The agent samples real usage: QEMU's CPU time and memory, and the guest's disk writes (QMP blockstats).
+    console_run(daemon, "life", "dd if=/dev/zero of=/dev/vda bs=64k count=32 conv=fsync 2>/dev/null; "
+                                "echo written-$((2*21))", "written-42")
+    time.sleep(1.5)
+    points = daemon.call("GET", "/vms/life/metrics", params={"minutes": 5}).json()
+    assert points and max(p["cpu_percent"] for p in points) > 0
+    assert min(p["memory_bytes"] for p in points) > 100 << 20 and max(p["disk_write_bps"] for p in points) > 0
+    assert 'virtfleet_vm_disk_write_bytes_total{vm="life"}' in daemon.call("GET", "/metrics").text
+
     # Refusals name the current state and change nothing.
     again = daemon.call("POST", "/vms/life/start")
     assert again.status_code == 409 and "running" in again.json()["error"]["message"]

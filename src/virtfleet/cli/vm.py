@@ -417,3 +417,14 @@ def template(name: str, as_json: bool = JsonOption) -> None:
     """Turn a stopped VM into a template (it never runs again; create VMs from it with --from-template)."""
     run(as_json, lambda c: c.post(f"/vms/{name}/template"),
         lambda vm: out.print(f"vm '{vm['name']}' is now a template"))
+
+
+@app.command()
+def metrics(name: str, minutes: int = typer.Option(10, help="How far back (at most 60)."),
+            as_json: bool = JsonOption) -> None:
+    """CPU, memory, disk and network use of a VM, one line per sample."""
+    run(as_json, lambda c: c.get(f"/vms/{name}/metrics", minutes=minutes), lambda points: table(
+        ["TIME", "CPU %", "MEMORY", "DISK READ/s", "DISK WRITE/s", "NET RX/s", "NET TX/s"],
+        [[p["time"][11:19], f"{p['cpu_percent']:.1f}", f"{p['memory_bytes'] >> 20}M",
+          f"{p['disk_read_bps'] / 1024:.0f}K", f"{p['disk_write_bps'] / 1024:.0f}K",
+          f"{p['net_rx_bps'] / 1024:.0f}K", f"{p['net_tx_bps'] / 1024:.0f}K"] for p in points]))

@@ -53,6 +53,18 @@ class DomainStatus:
 
 
 @dataclass(frozen=True)
+class UsageSample:
+    """Cumulative counters of one running domain, read cheaply from the host (rates are the caller's business)."""
+
+    cpu_seconds: float  # host CPU time the hypervisor process used
+    memory_bytes: int  # its resident memory
+    disk_read_bytes: int
+    disk_write_bytes: int
+    net_rx_bytes: int  # received by the guest
+    net_tx_bytes: int  # sent by the guest
+
+
+@dataclass(frozen=True)
 class BootImage:
     """A resolved guest image: what the driver boots."""
 
@@ -152,6 +164,10 @@ class Driver(Protocol):
 
     async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
         """Save, load or delete an internal snapshot with RAM and device state in the qcow2 `images`."""
+        ...
+
+    async def usage(self, vm_id: str) -> UsageSample | None:
+        """Counters of a running domain, or None when it is not running."""
         ...
 
     async def open_console(self, vm_id: str) -> ConsoleStreams:

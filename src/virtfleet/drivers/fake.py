@@ -20,6 +20,7 @@ from virtfleet.drivers.base import (
     DriverConfig,
     HostInfo,
     MemoryAction,
+    UsageSample,
 )
 from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
 from virtfleet.model.network import NicSpec
@@ -39,6 +40,7 @@ class FakeDomain:
     ignore_acpi: bool = False  # a guest that does not react to the power button
     memory_snapshots: set[str] = field(default_factory=set)
     links: dict[str, bool] = field(default_factory=dict)  # NIC -> cable plugged
+    ticks: int = 0  # usage samples taken
     overlays: list[tuple[str, str]] = field(default_factory=list)  # live snapshots taken, for tests to inspect
 
 
@@ -216,6 +218,15 @@ class FakeDriver:
             domain.memory_snapshots.discard(tag)
         else:
             domain.console += f"restored memory snapshot {tag}\n".encode()
+
+    async def usage(self, vm_id: str) -> UsageSample | None:
+        domain = self._domain(vm_id)
+        if domain.state not in (VmState.RUNNING, VmState.PAUSED):
+            return None
+        domain.ticks += 1  # counters that grow like a busy guest's, so rates are never zero
+        n = domain.ticks
+        return UsageSample(cpu_seconds=0.05 * n, memory_bytes=domain.spec.memory << 20, disk_read_bytes=4096 * n,
+                           disk_write_bytes=8192 * n, net_rx_bytes=1000 * n, net_tx_bytes=500 * n)
 
     async def open_console(self, vm_id: str) -> ConsoleStreams:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)

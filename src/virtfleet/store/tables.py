@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bumped when the JSON stored in a row changes shape, so old rows can be recognised and upgraded.
@@ -106,3 +106,17 @@ class NetworkRow(Base):
     spec_json: Mapped[str] = mapped_column(Text)
     bridge: Mapped[str | None] = mapped_column(String(15), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SampleRow(Base):
+    __tablename__ = "vm_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm_id: Mapped[str] = mapped_column(String(36), ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    cpu_seconds: Mapped[float] = mapped_column(Float)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    disk_read_bytes: Mapped[int] = mapped_column(BigInteger)
+    disk_write_bytes: Mapped[int] = mapped_column(BigInteger)
+    net_rx_bytes: Mapped[int] = mapped_column(BigInteger)
+    net_tx_bytes: Mapped[int] = mapped_column(BigInteger)

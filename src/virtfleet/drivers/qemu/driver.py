@@ -30,6 +30,7 @@ from virtfleet.drivers.base import (
     DriverConfig,
     HostInfo,
     MemoryAction,
+    UsageSample,
 )
 from virtfleet.drivers.qemu import blockjobs
 from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
@@ -81,6 +82,32 @@ _SHUTDOWN_REASONS = {
     "guest-panic": "guest kernel panicked",
     "guest-reset": "guest reset with -no-reboot",
 }
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of a process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0, 0
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return cpu, rss
+
+
+def tap_counters(argv: list[str]) -> tuple[int, int]:
+    """Bytes (received by, sent by) the guest over its taps: a tap's tx is the guest's rx."""
+    received = sent = 0
+    for arg in argv:
+        if arg.startswith("tap,") and "ifname=" in arg:
+            ifname = arg.split("ifname=", 1)[1].split(",", 1)[0]
+            stats = Path("/sys/class/net") / ifname / "statistics"
+            with contextlib.suppress(OSError, ValueError):
+                received += int((stats / "tx_bytes").read_text())
+                sent += int((stats / "rx_bytes").read_text())
+    return received, sent
 
 
 def _meminfo_kib(field: str, meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -503,6 +530,24 @@ class QemuDriver:
             finally:
                 if action == "load" and (await monitor.execute("query-status"))["status"] != "running":
                     await monitor.execute("cont")  # a failed load leaves the vCPUs stopped
+
+    # --- usage ---------------------------------------------------------------------------------------------
+    async def usage(self, vm_id: str) -> UsageSample | None:
+        paths = self._require_defined(vm_id)
+        pid = self._live_pid(vm_id, paths)
+        monitor = self._monitors.get(vm_id)
+        if pid is None or monitor is None or not monitor.connected:
+            return None
+        cpu, memory = process_usage(pid)
+        read = written = 0
+        with contextlib.suppress(DriverError):
+            for device in await monitor.execute("query-blockstats", {"query-nodes": False}, timeout=3.0):
+                stats = device.get("stats", {})
+                read += int(stats.get("rd_bytes", 0))
+                written += int(stats.get("wr_bytes", 0))
+        runtime = read_record(paths.runtime) or {}
+        received, sent = tap_counters(runtime.get("argv", []))
+        return UsageSample(cpu, memory, read, written, received, sent)
 
     # --- console -------------------------------------------------------------------------------------------
     async def open_console(self, vm_id: str) -> ConsoleStreams:
