@@ -168,16 +168,14 @@ class FakeDriver:
 
     async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
-        if domain.spec.machine != "q35":
-            raise Unsupported("microvm has no hot-plug bus: attach disks while the VM is stopped, or use q35")
+        _require_hotplug(domain, "attach disks")
         if any(d.path == disk.path for d in domain.spec.disks):
             raise Conflict(f"{disk.path} is already attached")
         domain.spec = domain.spec.model_copy(update={"disks": [*domain.spec.disks, disk]})
 
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
-        if domain.spec.machine != "q35":
-            raise Unsupported("microvm has no hot-plug bus: detach disks while the VM is stopped, or use q35")
+        _require_hotplug(domain, "detach disks")
         remaining = [d for d in domain.spec.disks if d.path != disk.path]
         if len(remaining) == len(domain.spec.disks):
             raise NotFound("disk", disk.path or "")
@@ -185,14 +183,12 @@ class FakeDriver:
 
     async def attach_nic(self, vm_id: str, nic: NicSpec) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
-        if domain.spec.machine != "q35":
-            raise Unsupported("microvm has no hot-plug bus: add NICs while the VM is stopped, or use q35")
+        _require_hotplug(domain, "add NICs")
         domain.spec = domain.spec.model_copy(update={"nics": [*domain.spec.nics, nic]})
 
     async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
-        if domain.spec.machine != "q35":
-            raise Unsupported("microvm has no hot-plug bus: remove NICs while the VM is stopped, or use q35")
+        _require_hotplug(domain, "remove NICs")
         domain.spec = domain.spec.model_copy(update={"nics": [n for n in domain.spec.nics if n.mac != nic.mac]})
 
     async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
@@ -259,6 +255,11 @@ class FakeDriver:
 
     async def close(self) -> None:
         return None
+
+
+def _require_hotplug(domain: FakeDomain, action: str) -> None:
+    if domain.spec.machine != "q35":
+        raise Unsupported(f"microvm has no hot-plug bus: {action} while the VM is stopped, or use q35")
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()

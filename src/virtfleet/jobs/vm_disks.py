@@ -38,12 +38,12 @@ def backing_chain(disk: DiskSpec, roots: list[Path], field: str) -> list[Backing
         if info.backing_file is None:
             return layers
         name = info.backing_file
-        if ":" in name.split("/", 1)[0] or name.startswith("json:"):
+        if qemu_img.has_protocol(name):
             raise InvalidSpec(field, f"{current} names a backing file by protocol ({name}); refused")
         if info.backing_format not in ("qcow2", "raw"):
             raise InvalidSpec(field, f"{current} has a backing file without an explicit qcow2/raw format")
         backing = (current.parent / name).resolve()
-        if not any(backing.is_relative_to(root) for root in roots):
+        if not qemu_img.inside(str(backing), roots):
             raise InvalidSpec(field, f"the backing file of {current} points outside the storage pools: {backing}")
         layers.append(BackingLayer(path=str(backing), format=info.backing_format))
         current, fmt = backing, info.backing_format

@@ -260,8 +260,8 @@ class VmService:
         """Attach a disk: hot-plugged into a running q35 VM, or recorded for the next start of a stopped one."""
         vm = self.db.get_vm(ref)
         field = f"disks[{len(vm.spec.disks)}]"
-        resolved = self.disks.resolve_disk(disk, field, vm_name=vm.name)
-        spec = self.disks.resolve(vm.spec.model_copy(update={"disks": [*vm.spec.disks, resolved]}), vm_name=vm.name)
+        spec = self.disks.resolve(vm.spec.model_copy(update={"disks": [*vm.spec.disks, disk]}), vm_name=vm.name)
+        resolved = spec.disks[-1]
         label = resolved.volume or resolved.path
 
         async def work(vm: Vm, context: JobContext) -> str:

@@ -83,11 +83,11 @@ def _backing_arg(backing: Path) -> str:
     # A relative backing name is stored as given and resolved against the image's directory: keep it relative
     # (portable chains) but make sure it cannot be read as a protocol.
     name = str(backing)
-    return f"./{name}" if _has_protocol(name) else name
+    return f"./{name}" if has_protocol(name) else name
 
 
-def _has_protocol(name: str) -> bool:
-    """qemu's own rule (path_has_protocol): a ':' before the first '/' makes the name a protocol or json: spec."""
+def has_protocol(name: str) -> bool:
+    """qemu's own rule (pathhas_protocol): a ':' before the first '/' makes the name a protocol or json: spec."""
     colon = name.find(":")
     slash = name.find("/")
     return colon != -1 and (slash == -1 or colon < slash)
@@ -331,7 +331,7 @@ def snapshot_delete(path: Path, fmt: str, name: str) -> None:
 # --- images of unknown origin -------------------------------------------------------------------------------------
 
 
-def _inside(real: str, roots: Sequence[Path]) -> bool:
+def inside(real: str, roots: Sequence[Path]) -> bool:
     for root in roots:
         base = os.path.realpath(root)
         if real != base and os.path.commonpath([real, base]) == base:
@@ -369,10 +369,10 @@ def _check_backing(path: Path, image: ImageInfo, roots: Sequence[Path]) -> None:
     backing = image.backing_file
     if backing is None:
         return
-    if _has_protocol(backing):
+    if has_protocol(backing):
         raise InvalidSpec("backing_file", f"{path.name} names its backing file as a protocol: {backing[:200]!r}")
     resolved = os.path.realpath(os.path.join(os.path.dirname(_arg(path)), backing))
-    if not _inside(resolved, roots):
+    if not inside(resolved, roots):
         raise InvalidSpec(
             "backing_file", f"{path.name} has a backing file that points outside the storage pools: {resolved}"
         )

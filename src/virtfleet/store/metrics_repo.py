@@ -12,6 +12,12 @@ from virtfleet.store.db import Database, as_utc
 from virtfleet.store.tables import SampleRow
 
 
+def _sample(row: SampleRow) -> Sample:
+    return Sample(time=as_utc(row.time), cpu_seconds=row.cpu_seconds, memory_bytes=row.memory_bytes,
+                  disk_read_bytes=row.disk_read_bytes, disk_write_bytes=row.disk_write_bytes,
+                  net_rx_bytes=row.net_rx_bytes, net_tx_bytes=row.net_tx_bytes)
+
+
 class MetricsRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -27,18 +33,14 @@ class MetricsRepo:
         with self.db.session() as session:
             rows = session.scalars(select(SampleRow).where(SampleRow.vm_id == vm_id, SampleRow.time >= start)
                                    .order_by(SampleRow.time))
-            return [Sample(time=as_utc(r.time), cpu_seconds=r.cpu_seconds, memory_bytes=r.memory_bytes,
-                           disk_read_bytes=r.disk_read_bytes, disk_write_bytes=r.disk_write_bytes,
-                           net_rx_bytes=r.net_rx_bytes, net_tx_bytes=r.net_tx_bytes) for r in rows]
+            return [_sample(r) for r in rows]
 
     def latest(self) -> dict[str, Sample]:
         """The newest sample of every VM that has one."""
         newest: dict[str, Sample] = {}
         with self.db.session() as session:
             for r in session.scalars(select(SampleRow).order_by(SampleRow.time)):
-                newest[r.vm_id] = Sample(time=as_utc(r.time), cpu_seconds=r.cpu_seconds, memory_bytes=r.memory_bytes,
-                                         disk_read_bytes=r.disk_read_bytes, disk_write_bytes=r.disk_write_bytes,
-                                         net_rx_bytes=r.net_rx_bytes, net_tx_bytes=r.net_tx_bytes)
+                newest[r.vm_id] = _sample(r)
         return newest
 
     def prune(self, now: datetime, keep: timedelta) -> None:
