@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
 
 from virtfleet.config import DEFAULT_URL
+
+# The server sends a keepalive every 15 s: four missed means the connection is dead.
+EVENTS_READ_TIMEOUT = 60.0
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Server-sent events as {"id": int | None, "event": str, "data": parsed JSON}; comments (keepalives) skipped."""
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                event_id = fields.get("id")
+                yield {"id": int(event_id) if event_id else None, "event": fields.get("event", "message"),
+                       "data": json.loads("\n".join(data))}
+            fields, data = {}, []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            else:
+                fields[name] = value
 
 
 class ApiError(Exception):
@@ -109,6 +133,18 @@ class Client:
 
     def delete(self, path: str, **params: Any) -> Any:
         return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})
+
+    def events(self) -> Generator[dict[str, Any], None, None]:
+        """Follow GET /events: each message as parse_sse gives it, until the server ends the stream."""
+        try:
+            with self._http.stream("GET", "/events", timeout=httpx.Timeout(30.0, read=EVENTS_READ_TIMEOUT)) as response:
+                if response.is_error:
+                    response.read()
+                    self._raise(response)
+                yield from parse_sse(response.iter_lines())
+        except httpx.TransportError as error:
+            raise ApiError(0, "unreachable", f"no event stream from {self.base_url} ({error}); "
+                           "is `virtfleet serve` running?") from None
 
     def wait_job(
         self, job: dict[str, Any], on_update: Callable[[dict[str, Any]], None] | None = None,

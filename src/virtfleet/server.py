@@ -13,6 +13,7 @@ from virtfleet.agent.metrics import MetricsSampler
 from virtfleet.agent.reconcile import Reconciler
 from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
+from virtfleet.events import EventBus
 from virtfleet.images.catalog import Builder, ImageCatalog
 from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.runner import JobRunner
@@ -40,6 +41,7 @@ class Server:
     snapshots: SnapshotService
     reconciler: Reconciler
     sampler: MetricsSampler
+    events: EventBus
 
     @classmethod
     def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
@@ -47,6 +49,8 @@ class Server:
         settings.default_pool.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         db.migrate()
+        events = EventBus()
+        db.listener = events.publish
         driver = create_driver(settings.driver, DriverConfig(settings.run_dir, settings.qemu_binary))
         runner = JobRunner(db)
         images = ImageCatalog(settings.images_dir, builders)
@@ -61,7 +65,7 @@ class Server:
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
         sampler = MetricsSampler(db, driver, settings.metrics_interval)
         return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler,
-                   sampler)
+                   sampler, events)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:
@@ -74,6 +78,7 @@ class Server:
         self.sampler.start()
 
     async def stop(self) -> None:
+        self.events.close()
         await self.sampler.stop()
         await self.reconciler.stop()
         await self.runner.drain()

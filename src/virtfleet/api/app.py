@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from virtfleet import __version__
 from virtfleet.api import errors, routes
 from virtfleet.api.console import router as console_router
+from virtfleet.api.events import router as events_router
 from virtfleet.api.metrics import router as metrics_router
 from virtfleet.api.networks import router as networks_router
 from virtfleet.api.storage import router as storage_router
@@ -43,4 +44,5 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
     app.include_router(metrics_router, prefix="/api/v1")
     app.include_router(routes.router, prefix="/api/v1")
     app.include_router(console_router, prefix="/api/v1")
+    app.include_router(events_router, prefix="/api/v1")
     return app

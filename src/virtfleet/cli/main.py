@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 from virtfleet import __version__
 from virtfleet.cli import image, jobs, network, storage, vm
 from virtfleet.cli.demo import demo
+from virtfleet.cli.events import events
 from virtfleet.cli.output import JsonOption, err, out, run, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings
 
@@ -27,6 +29,7 @@ app.add_typer(storage.pools, name="pool")
 app.add_typer(storage.volumes, name="volume")
 app.add_typer(network.app, name="network")
 app.command()(demo)
+app.command()(events)
 
 
 @app.callback()
@@ -54,6 +57,7 @@ def serve(
     import uvicorn
 
     from virtfleet.api.app import create_app
+    from virtfleet.api.events import UvicornServer
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -64,7 +68,12 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS or authentication: anyone who "
                   "can reach this port controls your VMs")
     settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    api = create_app(settings)
+    server = UvicornServer(uvicorn.Config(api, host=host, port=port, log_level=log_level), api)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)  # what uvicorn.run answers when startup fails
 
 
 @app.command("host")

@@ -7,10 +7,11 @@ the event loop is cheaper than a thread hop; PostgreSQL (cluster mode) uses the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -24,6 +25,9 @@ from virtfleet.model.vm import Vm, VmSpec, VmState
 from virtfleet.store.tables import SPEC_SCHEMA_VERSION, EventRow, JobRow, VmRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Told of each change once it is committed: (kind, JSON-ready data), kinds as in GET /api/v1/events.
+Listener = Callable[[str, dict[str, Any]], None]
 
 
 def utcnow() -> datetime:
@@ -66,6 +70,10 @@ def _job(row: JobRow) -> Job:
     )
 
 
+def _event(row: EventRow) -> Event:
+    return Event(id=row.id, vm_id=row.vm_id, time=as_utc(row.time), kind=row.kind, message=row.message)
+
+
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -82,6 +90,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.listener: Listener | None = None
 
     @classmethod
     def sqlite(cls, path: Path) -> Database:
@@ -104,6 +113,19 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    # --- change notices (after the commit, so listeners never see what a rollback undoes) -------------------
+    def _vm_changed(self, vm: Vm) -> None:
+        if self.listener is not None:
+            self.listener("vm", {"id": vm.id, "name": vm.name, "state": vm.state.value, "reason": vm.state_reason})
+
+    def _event_added(self, event: Event) -> None:
+        if self.listener is not None:
+            self.listener("vm-event", event.model_dump(mode="json"))
+
+    def _job_changed(self, job: Job) -> None:
+        if self.listener is not None:
+            self.listener("job", job.model_dump(mode="json"))
+
     # --- VMs -------------------------------------------------------------------------------------------------
     def add_vm(self, spec: VmSpec, host: str) -> Vm:
         now = utcnow()
@@ -124,8 +146,13 @@ class Database:
             )
             session.add(row)
             session.flush()  # no ORM relationship orders the inserts, so the VM row goes first
-            session.add(EventRow(vm_id=row.id, time=now, kind="created", message=f"created on {host}"))
-            return _vm(row)
+            event_row = EventRow(vm_id=row.id, time=now, kind="created", message=f"created on {host}")
+            session.add(event_row)
+            session.flush()
+            vm, event = _vm(row), _event(event_row)
+        self._vm_changed(vm)
+        self._event_added(event)
+        return vm
 
     def adopt_vm(self, vm_id: str, spec: VmSpec, host: str, state: VmState, reason: str) -> Vm:
         """Record a VM found running on the host with no record (the host wins over the database)."""
@@ -141,8 +168,13 @@ class Database:
             )
             session.add(row)
             session.flush()
-            session.add(EventRow(vm_id=vm_id, time=now, kind="adopted", message=reason))
-            return _vm(row)
+            event_row = EventRow(vm_id=vm_id, time=now, kind="adopted", message=reason)
+            session.add(event_row)
+            session.flush()
+            vm, event = _vm(row), _event(event_row)
+        self._vm_changed(vm)
+        self._event_added(event)
+        return vm
 
     def get_vm(self, ref: str) -> Vm:
         """Look a VM up by name or id."""
@@ -164,7 +196,9 @@ class Database:
             row.state, row.state_reason, row.updated_at = state.value, reason, utcnow()
             if accel is not None:
                 row.accel = accel
-            return _vm(row)
+            vm = _vm(row)
+        self._vm_changed(vm)
+        return vm
 
     def update_vm_spec(self, vm_id: str, spec: VmSpec) -> Vm:
         with self.session() as session:
@@ -184,23 +218,27 @@ class Database:
 
     def delete_vm(self, vm_id: str) -> None:
         with self.session() as session:
+            name = session.scalar(select(VmRow.name).where(VmRow.id == vm_id))
             session.execute(delete(EventRow).where(EventRow.vm_id == vm_id))
             session.execute(delete(VmRow).where(VmRow.id == vm_id))
+        if name is not None and self.listener is not None:
+            self.listener("vm-deleted", {"id": vm_id, "name": name})
 
     # --- events ----------------------------------------------------------------------------------------------
     def add_event(self, vm_id: str, kind: str, message: str) -> None:
         with self.session() as session:
-            session.add(EventRow(vm_id=vm_id, time=utcnow(), kind=kind, message=message))
+            row = EventRow(vm_id=vm_id, time=utcnow(), kind=kind, message=message)
+            session.add(row)
+            session.flush()
+            event = _event(row)
+        self._event_added(event)
 
     def list_events(self, vm_id: str, limit: int = 100) -> list[Event]:
         with self.session() as session:
             rows = session.scalars(
                 select(EventRow).where(EventRow.vm_id == vm_id).order_by(EventRow.id.desc()).limit(limit)
             ).all()
-            return [
-                Event(id=r.id, vm_id=r.vm_id, time=as_utc(r.time), kind=r.kind, message=r.message)
-                for r in reversed(rows)
-            ]
+            return [_event(row) for row in reversed(rows)]
 
     # --- jobs ------------------------------------------------------------------------------------------------
     def add_job(self, kind: str, target: str) -> Job:
@@ -211,7 +249,9 @@ class Database:
             )
             session.add(row)
             session.flush()
-            return _job(row)
+            job = _job(row)
+        self._job_changed(job)
+        return job
 
     def update_job(
         self,
@@ -239,7 +279,9 @@ class Database:
                 row.message = message
             if error is not None:
                 row.error, row.error_code = error, error_code
-            return _job(row)
+            job = _job(row)
+        self._job_changed(job)
+        return job
 
     def get_job(self, job_id: str) -> Job:
         with self.session() as session:
