@@ -83,6 +83,18 @@ class InvalidSpec(VirtfleetError):
         return {"field": self.field}
 
 
+class AuthenticationFailed(VirtfleetError):
+    """No credentials, or ones that prove nothing (unknown token, expired session, wrong password)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(VirtfleetError):
+    """Valid credentials whose role does not allow the request (or a missing CSRF token)."""
+
+    code = "forbidden"
+
+
 class Unsupported(VirtfleetError):
     """The driver cannot do this (declared in its Capabilities)."""
 

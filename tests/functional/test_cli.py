@@ -26,8 +26,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server_url(tmp_path: Path) -> Iterator[str]:
+def server_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     settings = make_settings(tmp_path / "data")
+    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(settings.data_dir))  # the CLI finds the local admin token there
+    monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
     fake_tiny_builder(settings.images_dir / "tiny")
     port = _free_port()
     config = uvicorn.Config(create_app(settings, builders={"tiny": fake_tiny_builder}), host="127.0.0.1",
@@ -103,3 +105,28 @@ def test_images_jobs_and_host(server_url: str) -> None:
     assert cli_json(server_url, "job", "show", jobs[0]["id"])["id"] == jobs[0]["id"]
     host = cli_json(server_url, "host")
     assert host["driver"] == "fake" and host["kvm_usable"] is False
+
+
+def test_users_tokens_and_audit_from_the_command_line(server_url: str) -> None:
+    added = CliRunner().invoke(cli_app, ["--url", server_url, "user", "add", "carol", "--role", "operator",
+                                         "--password-stdin", "--json"], input="a long passphrase\n")
+    assert added.exit_code == 0, added.stderr
+    assert json.loads(added.stdout)["role"] == "operator" and json.loads(added.stdout)["has_password"]
+    short = CliRunner().invoke(cli_app, ["--url", server_url, "user", "add", "dan", "--password-stdin"], input="x\n")
+    assert short.exit_code == 1 and "at least 8" in short.stderr
+    token = cli_json(server_url, "token", "create", "ci", "--user", "carol")["token"]
+    assert token.startswith("vf_")
+    # The operator's token manages VMs but not users; the refusal is one line naming the role.
+    assert cli_json(server_url, "--token", token, "vm", "create", "byop")["name"] == "byop"
+    code, _, err = cli(server_url, "--token", token, "user", "list")
+    assert code == 1 and "operator" in err and "needs admin" in err
+    code, _, err = cli(server_url, "--token", "vf_wrong", "vm", "list")
+    assert code == 1 and "invalid API token" in err
+    audit = cli_json(server_url, "audit", "--user", "carol")
+    assert [(e["method"], e["path"], e["status"]) for e in audit][:2] == [
+        ("GET", "/api/v1/users", 403), ("POST", "/api/v1/vms", 201)]
+    listed = cli_json(server_url, "token", "list", "--user", "carol")
+    assert [t["name"] for t in listed] == ["ci"] and "token" not in listed[0]
+    assert cli_json(server_url, "token", "delete", listed[0]["id"]) == {"deleted": listed[0]["id"]}
+    code, _, err = cli(server_url, "--token", token, "vm", "list")
+    assert code == 1 and "invalid API token" in err
