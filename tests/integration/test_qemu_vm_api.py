@@ -149,7 +149,8 @@ def test_daemon_sigkill_readopts_guests_and_a_killed_qemu_is_noticed(daemon: Dae
 def test_the_cli_drives_a_real_guest(daemon: Daemon, tmp_path: Path) -> None:
     """The README's commands, through the real CLI binary: --json output, one-line errors, exit codes."""
     # As on a real host: the CLI finds the local admin token in the server's data directory.
-    env = {**os.environ, "VIRTFLEET_URL": f"http://127.0.0.1:{daemon.port}", "VIRTFLEET_DATA_DIR": str(daemon.data_dir)}
+    env = {**os.environ, "VIRTFLEET_URL": f"http://127.0.0.1:{daemon.port}",
+           "VIRTFLEET_DATA_DIR": str(daemon.data_dir)}
     env.pop("VIRTFLEET_TOKEN", None)
 
     binary = Path(sys.executable).with_name("virtfleet")  # the console script installed beside this Python
