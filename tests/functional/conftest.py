@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -114,3 +117,37 @@ def open_api(data_dir: Path, *, build_image: bool = True) -> Iterator[Api]:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     yield from open_api(tmp_path / "data")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """uvicorn in a thread on the fake driver, for clients that need a real socket: (URL, data directory)."""
+    settings = make_settings(tmp_path / "data")
+    fake_tiny_builder(settings.images_dir / "tiny")
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, builders={"tiny": fake_tiny_builder}), host="127.0.0.1",
+                            port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", settings.data_dir
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def server_url(live_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A live server whose local admin token the CLI finds, as it would on the host itself."""
+    url, data_dir = live_server
+    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
+    return url

@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import uvicorn
 from typer.testing import CliRunner
 
-from tests.functional.conftest import fake_tiny_builder, make_settings
-from virtfleet.api.app import create_app
+from tests.functional.conftest import free_port
 from virtfleet.cli.main import app as cli_app
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def server_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    settings = make_settings(tmp_path / "data")
-    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(settings.data_dir))  # the CLI finds the local admin token there
-    monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
-    fake_tiny_builder(settings.images_dir / "tiny")
-    port = _free_port()
-    config = uvicorn.Config(create_app(settings, builders={"tiny": fake_tiny_builder}), host="127.0.0.1",
-                            port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def cli(url: str, *args: str) -> tuple[int, str, str]:
@@ -93,7 +60,7 @@ def test_errors_are_one_line_and_exit_non_zero(server_url: str) -> None:
 
 
 def test_unreachable_server_is_a_clear_error() -> None:
-    code, _, err = cli(f"http://127.0.0.1:{_free_port()}", "vm", "list")
+    code, _, err = cli(f"http://127.0.0.1:{free_port()}", "vm", "list")
     assert code == 1 and "is `virtfleet serve` running?" in err
 
 
