@@ -95,6 +95,12 @@ class Forbidden(VirtfleetError):
     code = "forbidden"
 
 
+class TooManyAttempts(VirtfleetError):
+    """Too many failed logins for one user name in a short time: wait before trying again."""
+
+    code = "too_many_attempts"
+
+
 class Unsupported(VirtfleetError):
     """The driver cannot do this (declared in its Capabilities)."""
 

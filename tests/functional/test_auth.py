@@ -212,3 +212,15 @@ def test_the_local_admin_token_survives_restarts_and_is_private(api: Api) -> Non
     path = api.settings.data_dir / "admin.token"
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text().strip() == api.client.headers["Authorization"].removeprefix("Bearer ")
+
+
+def test_repeated_wrong_passwords_lock_the_name_for_a_while(api: Api) -> None:
+    api.client.post("/api/v1/users", json={"name": "bob", "role": "viewer", "password": PASSWORD})
+    api.client.post("/api/v1/users", json={"name": "amy", "role": "viewer", "password": PASSWORD})
+    with api.anonymous() as client:
+        for _ in range(5):
+            assert client.post("/api/v1/auth/login", json={"username": "bob", "password": "guess"}).status_code == 401
+        locked = client.post("/api/v1/auth/login", json={"username": "bob", "password": PASSWORD})
+        assert locked.status_code == 429 and "try again in" in locked.json()["error"]["message"]
+        # Other names are not affected.
+        assert client.post("/api/v1/auth/login", json={"username": "amy", "password": PASSWORD}).status_code == 200

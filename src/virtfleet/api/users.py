@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from virtfleet.api.auth import SESSION_COOKIE
+from virtfleet.api.errors import status_for
 from virtfleet.api.routes import ServerDep
 from virtfleet.auth.service import SESSION_LIFETIME
-from virtfleet.errors import AuthenticationFailed
+from virtfleet.errors import AuthenticationFailed, TooManyAttempts
 from virtfleet.model.auth import (
     ApiToken,
     AuditEntry,
@@ -59,8 +60,9 @@ async def login(body: LoginIn, request: Request, response: Response, server: Ser
     client = request.client.host if request.client else ""
     try:
         secret, principal = await server.auth.login(body.username, body.password)
-    except AuthenticationFailed:
-        server.auth.repo.audit(body.username, "POST", request.url.path, 401, f"client={client} login failed")
+    except (AuthenticationFailed, TooManyAttempts) as error:
+        server.auth.repo.audit(body.username, "POST", request.url.path, status_for(error),
+                               f"client={client} login failed: {error.message}")
         raise
     server.auth.repo.audit(principal.name, "POST", request.url.path, 200, f"client={client} logged in")
     response.set_cookie(SESSION_COOKIE, secret, max_age=int(SESSION_LIFETIME.total_seconds()), path="/",

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from virtfleet.errors import AuthenticationFailed, Conflict, Forbidden, InvalidSpec, NotFound
+from virtfleet.errors import AuthenticationFailed, Conflict, Forbidden, InvalidSpec, NotFound, TooManyAttempts
 from virtfleet.model.auth import ApiToken, NewToken, Principal, Role, User
 from virtfleet.store.auth_repo import AuthRepo
 from virtfleet.store.db import Database
@@ -27,6 +29,9 @@ BOOTSTRAP_USER = "admin"
 BOOTSTRAP_TOKEN_NAME = "local-admin"
 TOKEN_FILE = "admin.token"
 SESSION_LIFETIME = timedelta(hours=12)
+# Failed logins allowed per user name within the window; then that name is refused until the window passes.
+LOGIN_FAILURES_ALLOWED = 5
+LOGIN_FAILURE_WINDOW = 60.0
 
 
 def secret_hash(secret: str) -> str:
@@ -42,6 +47,7 @@ class AuthService:
     def __init__(self, db: Database) -> None:
         self.repo = AuthRepo(db)
         self._hasher = PasswordHasher()  # argon2id with the library's maintained defaults
+        self._failures: dict[str, collections.deque[float]] = {}
 
     # --- bootstrap -----------------------------------------------------------------------------------------------
     def ensure_local_admin(self, data_dir: Path) -> Path:
@@ -90,11 +96,20 @@ class AuthService:
 
     async def login(self, name: str, password: str) -> tuple[str, Principal]:
         """Check a password (argon2, off the event loop); answer the new session's secret and its principal."""
+        failures = self._failures.setdefault(name, collections.deque(maxlen=LOGIN_FAILURES_ALLOWED))
+        now = time.monotonic()
+        if len(failures) == LOGIN_FAILURES_ALLOWED and now - failures[0] < LOGIN_FAILURE_WINDOW:
+            wait = LOGIN_FAILURE_WINDOW - (now - failures[0])
+            raise TooManyAttempts(f"too many failed logins for '{name}': try again in {wait:.0f} s")
         stored = self.repo.password_hash(name)
         # Verify against a dummy hash for unknown users too, so the answer's timing does not tell names apart.
         ok = await asyncio.to_thread(self._verify, stored or _dummy_hash(), password)
         if not ok or stored is None:
+            failures.append(time.monotonic())
+            if len(self._failures) > 10_000:  # a flood of made-up names must not grow memory without bound
+                self._failures.clear()
             raise AuthenticationFailed("wrong user name or password")
+        self._failures.pop(name, None)
         user = self.repo.get_user(name)
         secret, csrf = new_secret(), secrets.token_urlsafe(32)
         session_id = self.repo.add_session(name, secret_hash(secret), csrf, SESSION_LIFETIME)
