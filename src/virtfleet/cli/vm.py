@@ -204,7 +204,8 @@ def show(name: str, events: int = typer.Option(10, help="How many recent events 
         for key, value in [("name", vm["name"]), ("id", vm["id"]), ("state", vm["state"]),
                            ("reason", vm["state_reason"]), ("host", vm["host"]), ("accel", vm["accel"] or "-"),
                            ("cpus", spec["cpus"]), ("memory", f"{spec['memory']}M"), ("machine", spec["machine"]),
-                           ("display", spec.get("display", "none")), ("image", spec["image"]), ("kernel args", spec["kernel_args"] or "-"),
+                           ("display", spec.get("display", "none")), ("image", spec["image"]),
+                           ("kernel args", spec["kernel_args"] or "-"),
                            ("disks", ", ".join(d["volume"] or d["path"] for d in spec["disks"]) or "-"),
                            ("nics", ", ".join(f"{n['network']} {n['mac']} {n['ip'] or 'no address'}"
                                               f"{'' if n['link_up'] else ' (link down)'}" for n in vm["nics"]) or "-")]:
