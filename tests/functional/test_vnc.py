@@ -42,3 +42,16 @@ def test_vnc_refused_when_stopped_without_display_or_unknown(api: Api) -> None:
     assert plain.code == 4409 and "no graphical console" in plain.reason and "display 'none'" in plain.reason
 
     assert refusal(api, "ghost").code == 4404
+
+
+def test_vnc_needs_an_operator(api: Api) -> None:
+    api.create("desk", machine="q35", display="vnc")
+    api.run("desk", "start")
+    viewer = api.headers_for("viewer")
+    with api.client.websocket_connect("/api/v1/vms/desk/vnc", headers=viewer) as ws, \
+            pytest.raises(WebSocketDisconnect) as refused:
+        ws.receive_bytes()
+    assert refused.value.code == 4403
+    operator = api.headers_for("operator")
+    with api.client.websocket_connect("/api/v1/vms/desk/vnc", headers=operator) as ws:
+        assert handshake(ws.receive_bytes, ws.send_bytes).name == "desk"

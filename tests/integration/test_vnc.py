@@ -23,7 +23,8 @@ def test_vnc_console_of_a_real_guest(daemon: Daemon) -> None:
     spec = {"name": "desk", "machine": "q35", "accel": "tcg", "memory": "256M", "display": "vnc"}
     assert daemon.call("POST", "/vms", json=spec).status_code == 201
     url = f"ws://{daemon.host}:{daemon.port}/api/v1/vms/desk/vnc"
-    with connect(url, open_timeout=10) as ws, pytest.raises(ConnectionClosed) as refused:
+    with connect(url, open_timeout=10, additional_headers=daemon.auth) as ws, \
+            pytest.raises(ConnectionClosed) as refused:
         ws.recv(timeout=10)
     assert refused.value.rcvd is not None and refused.value.rcvd.code == 4409  # stopped
 
@@ -34,7 +35,11 @@ def test_vnc_console_of_a_real_guest(daemon: Daemon) -> None:
     # A unix socket in the VM's run directory, never a TCP port: the API (and its auth) is the only way in.
     assert vnc == f"unix:{daemon.data_dir / 'run' / daemon.vm('desk')['id'] / 'vnc.sock'}"
 
-    with connect(url, open_timeout=10) as ws:
+    with connect(url, open_timeout=10) as ws, pytest.raises(ConnectionClosed) as anonymous:
+        ws.recv(timeout=10)
+    assert anonymous.value.rcvd is not None and anonymous.value.rcvd.code == 4401
+
+    with connect(url, open_timeout=10, additional_headers=daemon.auth) as ws:
         def receive() -> bytes:
             frame = ws.recv(timeout=30)
             assert isinstance(frame, bytes), f"text frame on the VNC stream: {frame!r}"
