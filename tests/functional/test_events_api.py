@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from tests.functional.conftest import Api, fake_tiny_builder, make_settings
+from tests.functional.conftest import Api, fake_tiny_builder, free_port, make_settings
 from virtfleet.api.app import create_app
 from virtfleet.api.events import UvicornServer
 from virtfleet.cli.main import app as cli_app
@@ -26,7 +25,7 @@ Message = dict[str, Any]
 
 
 def bus_of(api: Api) -> EventBus:
-    bus: EventBus = api.client.app.state.server.events  # type: ignore[attr-defined]
+    bus: EventBus = api.app.state.server.events
     return bus
 
 
@@ -148,15 +147,20 @@ def test_a_client_that_falls_behind_is_disconnected_and_others_are_not(api: Api)
     assert [m["data"]["name"] for m in seen if m["event"] == "vm"] == ["n0", "n1", "n2", "n3"]
 
 
+def test_viewers_may_follow_the_stream_and_anonymous_clients_may_not(api: Api) -> None:
+    viewer = api.headers_for("viewer")
+    with api.client.stream("GET", "/api/v1/events", headers=viewer) as response:
+        assert response.status_code == 200
+    with api.anonymous() as anonymous:
+        refused = anonymous.get("/api/v1/events")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+    assert bus_of(api).subscriber_count == 0
+
+
 # --- against a real uvicorn (what `virtfleet serve` runs) ---------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Served:
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         settings = make_settings(data_dir)
         fake_tiny_builder(settings.images_dir / "tiny")
         self.app = create_app(settings, builders={"tiny": fake_tiny_builder})
@@ -165,6 +169,10 @@ class Served:
         self.server = UvicornServer(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"),
                                     self.app)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {(self.data_dir / 'admin.token').read_text().strip()}"}
 
     @property
     def bus(self) -> EventBus:
@@ -179,8 +187,10 @@ class Served:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     served = Served(tmp_path / "data")
+    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(served.data_dir))  # where the CLI finds the local admin token
+    monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
     served.thread.start()
     deadline = time.monotonic() + 10
     while not served.server.started and time.monotonic() < deadline:
@@ -192,10 +202,10 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 def test_shutdown_ends_open_streams_so_the_server_stops(served: Served) -> None:
     served.bus.keepalive = 0.01  # so that `bounded` fails the test if the stream goes on
-    with httpx.stream("GET", f"{served.url}/api/v1/events", timeout=30) as response:
+    with httpx.stream("GET", f"{served.url}/api/v1/events", headers=served.auth, timeout=30) as response:
         assert response.status_code == 200
         served.wait_subscribers(1)
-        httpx.post(f"{served.url}/api/v1/vms", json={"name": "last"}).raise_for_status()
+        httpx.post(f"{served.url}/api/v1/vms", json={"name": "last"}, headers=served.auth).raise_for_status()
         served.server.should_exit = True
         messages = list(sse(response))  # ends cleanly (no error) when the server stops
     served.thread.join(30)
@@ -213,8 +223,9 @@ def test_cli_follows_the_stream(served: Served) -> None:
         thread = threading.Thread(target=follow, args=args)
         thread.start()
         served.wait_subscribers(1)
-        httpx.post(f"{served.url}/api/v1/vms", json={"name": f"c{len(results)}"}).raise_for_status()
-        httpx.post(f"{served.url}/api/v1/vms/c{len(results)}/start").raise_for_status()
+        name = f"c{len(results)}"
+        httpx.post(f"{served.url}/api/v1/vms", json={"name": name}, headers=served.auth).raise_for_status()
+        httpx.post(f"{served.url}/api/v1/vms/{name}/start", headers=served.auth).raise_for_status()
         thread.join(30)
         served.wait_subscribers(0)
 

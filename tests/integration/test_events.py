@@ -27,7 +27,8 @@ def until_job_done(stream: Iterator[dict[str, Any]], job_id: str) -> list[dict[s
 
 def test_a_stream_follows_a_real_guest_and_ends_when_the_daemon_stops(daemon: Daemon) -> None:
     # The read timeout only guards against a hung test: keepalives come every 15 s.
-    with httpx.stream("GET", f"{daemon.url}/events", timeout=httpx.Timeout(30, read=120)) as response:
+    timeout = httpx.Timeout(30, read=120)
+    with httpx.stream("GET", f"{daemon.url}/events", headers=daemon.auth, timeout=timeout) as response:
         assert response.status_code == 200
         stream = parse_sse(response.iter_lines())
         spec = {"name": "watched", "cpus": 1, "memory": "256M"}

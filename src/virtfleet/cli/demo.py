@@ -64,6 +64,7 @@ def demo(
     client = Client(state.url, timeout=60)
     try:
         _ensure_server(client, as_json=as_json)
+        client.use_token(state.credentials())  # the server writes the local admin token when it first starts
         host = client.get("/host")
         if not host["kvm_usable"]:
             err.print(f"[yellow]warning:[/yellow] KVM is not usable here ({host['kvm_reason']}); "
@@ -95,6 +96,7 @@ def demo(
     out.print(f"  virtfleet vm console {name}     # attach (Ctrl-] detaches)")
     out.print(f"  virtfleet vm shutdown {name}    # ACPI power off")
     out.print("  virtfleet vm list")
+    out.print(f"  web UI: {state.url.rstrip('/')}/ (first: virtfleet user passwd admin)")
 
 
 def _follow_console(client: Client, name: str, timeout: float, *, echo: bool) -> str:

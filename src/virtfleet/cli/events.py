@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from virtfleet.cli.output import fail, state
-from virtfleet.client import ApiError, Client
+from virtfleet.client import ApiError
 
 
 def _line(message: dict[str, Any], names: dict[str, str]) -> str:
@@ -42,7 +42,7 @@ def events(
     as_json: bool = typer.Option(False, "--json", help='Print each message as one JSON line {"id","event","data"}.'),
 ) -> None:
     """Follow VM state changes, VM event-log lines and jobs as they happen (Ctrl-C to stop)."""
-    client = Client(state.url)
+    client = state.client()
     seen = 0
     try:
         names = {} if as_json else {vm["id"]: vm["name"] for vm in client.get("/vms")}

@@ -74,6 +74,7 @@ def create(
     memory: str | None = typer.Option(None, help="Memory, e.g. 256M or 2G."),
     machine: str | None = typer.Option(None, help="microvm or q35."),
     accel: str | None = typer.Option(None, help="auto, kvm or tcg."),
+    display: str | None = typer.Option(None, help="none, or vnc: a graphical console (q35), opened in the web UI."),
     kernel_args: str | None = typer.Option(None, "--kernel-args", help="Extra kernel command line."),
     disk: list[str] | None = typer.Option(None, "--disk", help="A volume POOL/NAME, or a file in a pool (repeat)."),
     from_template: str | None = typer.Option(None, "--from-template",
@@ -94,7 +95,7 @@ def create(
 ) -> None:
     """Define a VM (it stays stopped unless --start)."""
     flags: dict[str, Any] = {"image": image, "cpus": cpus, "memory": memory, "machine": machine,
-                             "accel": accel, "kernel_args": kernel_args}
+                             "accel": accel, "kernel_args": kernel_args, "display": display}
     if disk:
         flags["disks"] = [_disk(d) for d in disk]
     if nic:
@@ -123,7 +124,7 @@ def create(
                  None if as_json else lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
     except typer.Exit:
         if created_volume is not None:  # nothing lost, nothing left: the disk made for this VM goes too
-            with Client(state.url) as client, contextlib.suppress(ApiError):
+            with state.client() as client, contextlib.suppress(ApiError):
                 client.wait_job(client.delete(f"/volumes/{created_volume}"))
         raise
     if start:
@@ -132,7 +133,7 @@ def create(
 
 def _is_vm_template(name: str) -> bool:
     """--from-template names a template VM, or else a template volume."""
-    with Client(state.url) as client:
+    with state.client() as client:
         try:
             return bool(client.get(f"/vms/{name}").get("template"))
         except ApiError:
@@ -147,7 +148,7 @@ def _first_disk(spec: dict[str, Any], from_template: str | None, full_clone: boo
     if from_template is not None and disk_image is not None:
         fail("give --from-template or --disk-image, not both", as_json=as_json, code=2)
     volume_name = f"{spec['name']}-disk0"
-    with Client(state.url) as client:
+    with state.client() as client:
         try:
             if from_template is not None:
                 template = from_template if "/" in from_template else f"default/{from_template}"
@@ -203,7 +204,8 @@ def show(name: str, events: int = typer.Option(10, help="How many recent events 
         for key, value in [("name", vm["name"]), ("id", vm["id"]), ("state", vm["state"]),
                            ("reason", vm["state_reason"]), ("host", vm["host"]), ("accel", vm["accel"] or "-"),
                            ("cpus", spec["cpus"]), ("memory", f"{spec['memory']}M"), ("machine", spec["machine"]),
-                           ("image", spec["image"]), ("kernel args", spec["kernel_args"] or "-"),
+                           ("display", spec.get("display", "none")), ("image", spec["image"]),
+                           ("kernel args", spec["kernel_args"] or "-"),
                            ("disks", ", ".join(d["volume"] or d["path"] for d in spec["disks"]) or "-"),
                            ("nics", ", ".join(f"{n['network']} {n['mac']} {n['ip'] or 'no address'}"
                                               f"{'' if n['link_up'] else ' (link down)'}" for n in vm["nics"]) or "-")]:
