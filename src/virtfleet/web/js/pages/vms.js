@@ -1,0 +1,75 @@
+// The VM list: state, size and addresses of every VM, with its power buttons; rows follow the event stream.
+
+import { get, seg } from "../api.js";
+import { badge, h, row, table } from "../dom.js";
+import { mib } from "../format.js";
+import { showError } from "../notices.js";
+import { actionButtons } from "../parts/actions.js";
+import { can } from "../session.js";
+
+const HEADERS = ["Name", "State", "CPUs", "Memory", "IP addresses", "Actions"];
+
+async function addresses(vm) {
+  if (!vm.spec.nics.length) return [];
+  try {
+    const nics = await get(`/vms/${seg(vm.name)}/nics`);
+    return nics.map((nic) => nic.ip).filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+function vmRow(vm) {
+  const ips = h("span", { class: "ips" }, vm.spec.nics.length ? "…" : "–");
+  addresses(vm).then((list) => { ips.textContent = list.length ? list.join(", ") : "–"; });
+  const name = h("a", { href: `#/vms/${seg(vm.name)}` }, vm.name);
+  return row(HEADERS, [
+    [name, vm.template ? h("span", { class: "tag" }, "template") : null],
+    [badge(vm.state), vm.state_reason ? h("small", { class: "muted reason" }, ` ${vm.state_reason}`) : null],
+    String(vm.spec.cpus),
+    mib(vm.spec.memory),
+    ips,
+    actionButtons(vm) || h("span", { class: "muted" }, "–"),
+  ], { "data-vm": vm.name });
+}
+
+export async function render(view, _args, scope) {
+  const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  view.append(
+    h("div", { class: "page-head" },
+      h("h1", { tabindex: "-1" }, "Virtual machines"),
+      can("operator") ? h("a", { class: "button primary", href: "#/create" }, "Create VM") : null),
+    body);
+
+  let list = [];
+  const draw = () => {
+    const sorted = [...list].sort((a, b) => a.name.localeCompare(b.name));
+    body.replaceChildren(table("Virtual machines", HEADERS, sorted.map(vmRow),
+      "No VMs yet." + (can("operator") ? " Create one with the button above." : "")));
+  };
+  const load = async () => {
+    try {
+      list = await get("/vms");
+      draw();
+    } catch (error) {
+      showError(error, "list VMs");
+    }
+  };
+
+  // A state change carries only id, name and state: refetch that VM (its spec may have changed too).
+  scope.on("vm", async (change) => {
+    try {
+      const fresh = await get(`/vms/${seg(change.id)}`);
+      list = [...list.filter((vm) => vm.id !== fresh.id), fresh];
+      draw();
+    } catch (error) {
+      if (error.status !== 404) showError(error);
+    }
+  });
+  scope.on("vm-deleted", (gone) => {
+    list = list.filter((vm) => vm.id !== gone.id);
+    draw();
+  });
+  scope.on("open", load);
+  await load();
+}
