@@ -27,6 +27,12 @@ export function append(element, children) {
   return element;
 }
 
+/** Replace the children, skipping null/false ones (native replaceChildren would show them as "null"). */
+export function fill(element, ...children) {
+  element.replaceChildren();
+  return append(element, children);
+}
+
 export function clear(element) {
   element.replaceChildren();
   return element;

@@ -10,7 +10,8 @@ export function bytes(value) {
     n /= 1024;
     unit += 1;
   }
-  return `${n >= 100 || unit === 0 ? Math.round(n) : n.toFixed(1)} ${UNITS[unit]}`;
+  const digits = n >= 100 || (unit === 0 && Number.isInteger(n)) ? 0 : 1;
+  return `${n.toFixed(digits)} ${UNITS[unit]}`;
 }
 
 export function mib(value) {

@@ -74,8 +74,10 @@ export async function render(view) {
   const linked = h("input", { type: "checkbox", name: "linked", checked: true });
   const machine = select("machine", [["microvm", "microvm (fast, no PCI)"], ["q35", "q35 (PC with PCI)"]], "microvm");
   const display = select("display", [["none", "none (serial console only)"], ["vnc", "VNC (q35)"]], "none");
-  const disks = repeater("Disks", "Add disk", diskRow(choices.pools, choices.volumes));
-  const nics = repeater("Network cards", "Add network card", nicRow(choices.networks));
+  const disks = repeater("Disks", "Add disk", diskRow(choices.pools, choices.volumes),
+    choices.pools.length ? null : "No storage pool yet.");
+  const nics = repeater("Network cards", "Add network card", nicRow(choices.networks),
+    choices.networks.length ? null : "No network yet: an admin creates one on the Networks page.");
   const start = h("input", { type: "checkbox", name: "start", checked: true });
   const submit = h("button", { type: "submit", class: "primary" }, "Create VM");
 

@@ -1,7 +1,7 @@
 // Storage pools and their volumes; operators create and delete volumes, admins create and delete pools.
 
 import { del, get, post, seg } from "../api.js";
-import { field, h, row, section, select, table } from "../dom.js";
+import { field, fill, h, row, section, select, table } from "../dom.js";
 import { bytes } from "../format.js";
 import { track } from "../jobs.js";
 import { inlineError, showError } from "../notices.js";
@@ -69,7 +69,7 @@ export async function render(view, _args, scope) {
   }
 
   function drawForms() {
-    forms.replaceChildren(
+    fill(forms,
       can("operator") ? section("New volume", volumeForm(pools, act)) : null,
       can("admin") ? section("New pool", poolForm(act)) : null);
   }

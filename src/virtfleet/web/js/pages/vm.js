@@ -1,7 +1,7 @@
 // One VM: its spec, disks, NICs, usage charts, consoles, snapshots and event log; state follows the stream.
 
 import { get, seg } from "../api.js";
-import { badge, h, row, section, table } from "../dom.js";
+import { append, badge, fill, h, row, section, table } from "../dom.js";
 import { mib, time } from "../format.js";
 import { notify, showError } from "../notices.js";
 import { actionButtons } from "../parts/actions.js";
@@ -72,8 +72,7 @@ export async function render(view, [name], scope) {
   for (const part of [serial, display]) if (part) scope.add(() => part.dispose());
 
   const draw = () => {
-    head.replaceChildren(
-      h("h1", { tabindex: "-1" }, vm.name), badge(vm.state), actionButtons(vm));
+    fill(head, h("h1", { tabindex: "-1" }, vm.name), badge(vm.state), actionButtons(vm));
     facts.replaceChildren(overview(vm));
     diskBox.replaceChildren(disks(vm));
     serial?.setState(vm.state);
@@ -82,7 +81,7 @@ export async function render(view, [name], scope) {
   draw();
   nics(vm, nicBox);
 
-  view.append(
+  append(view, [
     h("p", { class: "crumbs" }, h("a", { href: "#/vms" }, "VMs"), " / ", vm.name),
     head,
     h("div", { class: "columns" },
@@ -92,12 +91,13 @@ export async function render(view, [name], scope) {
     serial ? section("Serial console", serial.element) : null,
     display ? section("Graphical console", display.element) : null,
     h("div", { class: "columns" }, section("Disks", diskBox), section("Network cards", nicBox)),
-    section("Snapshots", snapshots(vm, scope)));
+    section("Snapshots", snapshots(vm, scope))]);
 
   const refresh = async () => {
     try {
       vm = await get(`/vms/${seg(vm.id)}`);
       draw();
+      charts.reload();
       nics(vm, nicBox);
     } catch (error) {
       if (error.status !== 404) showError(error);

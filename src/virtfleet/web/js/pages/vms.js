@@ -1,7 +1,7 @@
 // The VM list: state, size and addresses of every VM, with its power buttons; rows follow the event stream.
 
 import { get, seg } from "../api.js";
-import { badge, h, row, table } from "../dom.js";
+import { append, badge, h, row, table } from "../dom.js";
 import { mib } from "../format.js";
 import { showError } from "../notices.js";
 import { actionButtons } from "../parts/actions.js";
@@ -35,11 +35,11 @@ function vmRow(vm) {
 
 export async function render(view, _args, scope) {
   const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
-  view.append(
+  append(view, [
     h("div", { class: "page-head" },
       h("h1", { tabindex: "-1" }, "Virtual machines"),
       can("operator") ? h("a", { class: "button primary", href: "#/create" }, "Create VM") : null),
-    body);
+    body]);
 
   let list = [];
   const draw = () => {

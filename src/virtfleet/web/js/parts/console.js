@@ -11,6 +11,8 @@ const CLOSE_REASONS = {
   4409: "The console is not available",
 };
 
+const usable = (state) => state === "running" || state === "paused";
+
 /** Bytes the history ends with and the live stream starts with are shown once, not twice. */
 export function overlap(history, live) {
   for (let k = Math.min(history.length, live.length); k > 0; k -= 1) {
@@ -51,7 +53,7 @@ export function serialConsole(vmName) {
       return;
     }
     if (!terminal) {
-      terminal = new xterm.Terminal({ convertEol: false, cursorBlink: true, fontSize: 14, scrollback: 5000 });
+      terminal = new xterm.Terminal({ convertEol: true, cursorBlink: true, fontSize: 14, scrollback: 5000 });
       fit = new xterm.FitAddon();
       terminal.loadAddon(fit);
       screen.hidden = false;
@@ -78,6 +80,7 @@ export function serialConsole(vmName) {
         if (frame.type !== "attached") return;
         setStatus("Connected. Type here; what you type goes to the guest's serial port.", "ok");
         close.hidden = false;
+        open.hidden = true;
         terminal.focus();
         // Show what the guest printed before we attached (its log), then the live bytes without repeats.
         history = new Uint8Array();
@@ -102,6 +105,7 @@ export function serialConsole(vmName) {
       if (socket === ws) socket = null;
       close.hidden = true;
       open.disabled = false;
+      open.hidden = !usable(state);
       const known = CLOSE_REASONS[event.code];
       const reason = event.reason ? `: ${event.reason}` : "";
       if (event.code >= 4000) setStatus(`${known || "Console refused"}${reason} (${event.code})`, "inline-error");
@@ -118,10 +122,9 @@ export function serialConsole(vmName) {
 
   function setState(newState) {
     state = newState;
-    const usable = state === "running" || state === "paused";
-    open.hidden = !usable;
-    if (!usable && !socket) setStatus(`The console opens while the VM runs (it is ${state}).`);
-    else if (usable && !socket && status.textContent.startsWith("The console opens")) setStatus("Not connected.");
+    if (!socket) open.hidden = !usable(state);
+    if (!usable(state) && !socket) setStatus(`The console opens while the VM runs (it is ${state}).`);
+    else if (usable(state) && !socket && status.textContent.startsWith("The console opens")) setStatus("Not connected.");
   }
 
   return {

@@ -5,10 +5,11 @@ import { field, h, select } from "../dom.js";
 let counter = 0;
 
 /** A fieldset with an "Add" button that appends rows made by `makeRow`; `values()` reads every row. */
-export function repeater(legend, addLabel, makeRow) {
+export function repeater(legend, addLabel, makeRow, unavailable = null) {
   const rows = h("div", { class: "rows" });
-  const add = h("button", { type: "button", class: "small" }, addLabel);
-  const element = h("fieldset", { class: "repeater" }, h("legend", {}, legend), rows, add);
+  const add = h("button", { type: "button", class: "small", disabled: Boolean(unavailable) }, addLabel);
+  const element = h("fieldset", { class: "repeater" }, h("legend", {}, legend), rows, add,
+    unavailable ? h("small", { class: "muted" }, ` ${unavailable}`) : null);
   const items = [];
   add.addEventListener("click", () => {
     const item = makeRow(++counter);
