@@ -320,10 +320,15 @@ class Serve:
             self.check_alive()
             try:
                 client.get("/health")
+                client.use_token(self.token())
                 return time.perf_counter() - t0
             except ApiError:
                 time.sleep(self.health_poll)
         raise BenchError(f"`virtfleet serve` did not answer /health within {timeout:g}s; log:\n{self.log_tail()}")
+
+    def token(self) -> str:
+        """The local admin token serve wrote into its data directory on first start."""
+        return (self.data_dir / "admin.token").read_text().strip()
 
     def rss_kib(self) -> int:
         value = proc_status_kib(self.pid)

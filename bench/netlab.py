@@ -65,8 +65,9 @@ class GuestConsole(Protocol):
 class WsConsole:
     """virtfleet's console API: a WebSocket relayed by serve to QEMU's console socket."""
 
-    def __init__(self, url: str, vm: str) -> None:
-        self.ws: ClientConnection = connect(url, open_timeout=10, max_size=None, proxy=None, legacy=True)
+    def __init__(self, url: str, vm: str, token: str) -> None:
+        self.ws: ClientConnection = connect(url, open_timeout=10, max_size=None, proxy=None, legacy=True,
+                                            additional_headers={"Authorization": f"Bearer {token}"})
         hello = json.loads(self.ws.recv(timeout=10))
         if hello != {"type": "attached", "vm": vm}:
             self.ws.close()

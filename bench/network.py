@@ -210,7 +210,7 @@ class Bench:
                 time.sleep(0.2)
             self.boot_s[name] = time.perf_counter() - t0
             url = f"ws://{self.serve.host}:{self.serve.port}/api/v1/vms/{name}/console"
-            guests.append(Guest(name, ip, int(record["pid"]), partial(WsConsole, url, name)))
+            guests.append(Guest(name, ip, int(record["pid"]), partial(WsConsole, url, name, self.serve.token())))
         return guests
 
     def stop_virtfleet(self) -> None:

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 
-from virtfleet.config import DEFAULT_URL
+from virtfleet.config import DEFAULT_URL, Settings
+
+TOKEN_FILE = "admin.token"  # written by `virtfleet serve` into its data directory (mode 0600)
+
+
+def default_token(url: str, data_dir: Path | None = None) -> str | None:
+    """The credentials a command on this host uses when none are given: $VIRTFLEET_TOKEN, else, for a server on
+    loopback, the admin token `serve` keeps in its data directory (readable only by whoever owns the host)."""
+    if token := os.environ.get("VIRTFLEET_TOKEN", "").strip():
+        return token
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    path = (data_dir or Settings.from_env().data_dir) / TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 class ApiError(Exception):
@@ -24,9 +48,17 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 30.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout)
+        self.use_token(token)
+
+    def use_token(self, token: str | None) -> None:
+        """Send `Authorization: Bearer <token>` from now on (None: send no credentials)."""
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self._http.headers.pop("Authorization", None)
 
     def close(self) -> None:
         self._http.close()
@@ -106,6 +138,9 @@ class Client:
         finally:
             partial.unlink(missing_ok=True)
         return done
+
+    def patch(self, path: str, json: Any = None) -> Any:
+        return self.request("PATCH", path, json=json)
 
     def delete(self, path: str, **params: Any) -> Any:
         return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})

@@ -83,6 +83,24 @@ class InvalidSpec(VirtfleetError):
         return {"field": self.field}
 
 
+class AuthenticationFailed(VirtfleetError):
+    """No credentials, or ones that prove nothing (unknown token, expired session, wrong password)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(VirtfleetError):
+    """Valid credentials whose role does not allow the request (or a missing CSRF token)."""
+
+    code = "forbidden"
+
+
+class TooManyAttempts(VirtfleetError):
+    """Too many failed logins for one user name in a short time: wait before trying again."""
+
+    code = "too_many_attempts"
+
+
 class Unsupported(VirtfleetError):
     """The driver cannot do this (declared in its Capabilities)."""
 

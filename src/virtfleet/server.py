@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from virtfleet.agent.metrics import MetricsSampler
 from virtfleet.agent.reconcile import Reconciler
+from virtfleet.auth.service import AuthService
 from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.images.catalog import Builder, ImageCatalog
@@ -40,6 +41,7 @@ class Server:
     snapshots: SnapshotService
     reconciler: Reconciler
     sampler: MetricsSampler
+    auth: AuthService
 
     @classmethod
     def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
@@ -60,8 +62,10 @@ class Server:
         snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
         sampler = MetricsSampler(db, driver, settings.metrics_interval)
+        auth = AuthService(db)
+        auth.ensure_local_admin(settings.data_dir)
         return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler,
-                   sampler)
+                   sampler, auth)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from virtfleet.api.app import create_app
@@ -34,10 +39,29 @@ def make_settings(data_dir: Path) -> Settings:
 class Api:
     """A TestClient plus helpers that read like the CLI."""
 
-    def __init__(self, client: TestClient, host: FakeHost, settings: Settings) -> None:
+    def __init__(self, client: TestClient, host: FakeHost, settings: Settings, app: FastAPI) -> None:
         self.client = client
+        self.app = app
         self.host = host
         self.settings = settings
+
+    @contextlib.contextmanager
+    def anonymous(self) -> Iterator[TestClient]:
+        """The same client without the admin token (cookies, if a test logs in, still go along)."""
+        token = self.client.headers.pop("Authorization")
+        try:
+            yield self.client
+        finally:
+            self.client.headers["Authorization"] = token
+
+    def headers_for(self, role: str, name: str | None = None) -> dict[str, str]:
+        """Credentials of a new user with `role` (an API token), for requests made as someone else than admin."""
+        name = name or f"{role}-user"
+        response = self.client.post("/api/v1/users", json={"name": name, "role": role})
+        assert response.status_code == 201, response.text
+        response = self.client.post("/api/v1/tokens", json={"name": "test", "user": name})
+        assert response.status_code == 201, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
 
     def create(self, name: str = "vm1", **fields: Any) -> dict[str, Any]:
         response = self.client.post("/api/v1/vms", json={"name": name, **fields})
@@ -82,11 +106,48 @@ def open_api(data_dir: Path, *, build_image: bool = True) -> Iterator[Api]:
     settings = make_settings(data_dir)
     app = create_app(settings, builders={"tiny": fake_tiny_builder})
     with TestClient(app) as client:
+        # `serve` writes the local admin token on first start; the tests act as that admin unless they say otherwise.
+        token = (settings.data_dir / "admin.token").read_text().strip()
+        client.headers["Authorization"] = f"Bearer {token}"
         if build_image:
             fake_tiny_builder(settings.images_dir / "tiny")
-        yield Api(client, fake_host_for(DriverConfig(settings.run_dir)), settings)
+        yield Api(client, fake_host_for(DriverConfig(settings.run_dir)), settings, app)
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     yield from open_api(tmp_path / "data")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """uvicorn in a thread on the fake driver, for clients that need a real socket: (URL, data directory)."""
+    settings = make_settings(tmp_path / "data")
+    fake_tiny_builder(settings.images_dir / "tiny")
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, builders={"tiny": fake_tiny_builder}), host="127.0.0.1",
+                            port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", settings.data_dir
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def server_url(live_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A live server whose local admin token the CLI finds, as it would on the host itself."""
+    url, data_dir = live_server
+    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
+    return url

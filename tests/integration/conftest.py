@@ -65,6 +65,11 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
     netns: str | None = None  # run inside this network namespace (listening on `host`, reachable from here)
+    token: str = ""  # the local admin token `serve` wrote into the data directory
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     @property
     def url(self) -> str:
@@ -83,6 +88,7 @@ class Daemon:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self.token = (self.data_dir / "admin.token").read_text().strip()
                     return
             if self.process.poll() is not None:
                 break
@@ -104,7 +110,8 @@ class Daemon:
 
     # --- API helpers ---------------------------------------------------------------------------------------
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}{path}", timeout=60, **kwargs)
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.url}{path}", timeout=60, headers=headers, **kwargs)
 
     def job(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Submit a job and wait for it; return the finished job."""

@@ -29,7 +29,8 @@ def last_tick(text: str) -> int:
 
 def console_run(daemon: Daemon, name: str, command: str, expect: str, timeout: float = 20) -> str:
     """Type a command on the serial console over the WebSocket and read until `expect` shows."""
-    with connect(f"ws://{daemon.host}:{daemon.port}/api/v1/vms/{name}/console", open_timeout=10) as ws:
+    url = f"ws://{daemon.host}:{daemon.port}/api/v1/vms/{name}/console"
+    with connect(url, open_timeout=10, additional_headers=daemon.auth) as ws:
         hello = json.loads(ws.recv(timeout=10))
         assert hello == {"type": "attached", "vm": name}
         ws.send(f"{command}\n".encode())
@@ -147,7 +148,10 @@ def test_daemon_sigkill_readopts_guests_and_a_killed_qemu_is_noticed(daemon: Dae
 
 def test_the_cli_drives_a_real_guest(daemon: Daemon, tmp_path: Path) -> None:
     """The README's commands, through the real CLI binary: --json output, one-line errors, exit codes."""
-    env = {**os.environ, "VIRTFLEET_URL": f"http://127.0.0.1:{daemon.port}"}
+    # As on a real host: the CLI finds the local admin token in the server's data directory.
+    env = {**os.environ, "VIRTFLEET_URL": f"http://127.0.0.1:{daemon.port}",
+           "VIRTFLEET_DATA_DIR": str(daemon.data_dir)}
+    env.pop("VIRTFLEET_TOKEN", None)
 
     binary = Path(sys.executable).with_name("virtfleet")  # the console script installed beside this Python
 

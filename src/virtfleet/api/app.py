@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from virtfleet import __version__
-from virtfleet.api import errors, routes
+from virtfleet.api import errors, routes, users
+from virtfleet.api.auth import AuthMiddleware
 from virtfleet.api.console import router as console_router
 from virtfleet.api.metrics import router as metrics_router
 from virtfleet.api.networks import router as networks_router
@@ -37,6 +38,8 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(AuthMiddleware)
+    app.include_router(users.router, prefix="/api/v1")
     # Storage and networks first: their /vms/{ref}/snapshots and /vms/{ref}/nics must win over the generic
     # POST /vms/{ref}/{action}.
     app.include_router(storage_router, prefix="/api/v1")

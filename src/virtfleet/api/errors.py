@@ -9,6 +9,9 @@ from fastapi.responses import JSONResponse
 from virtfleet import errors
 
 _STATUS: list[tuple[type[errors.VirtfleetError], int]] = [
+    (errors.AuthenticationFailed, 401),
+    (errors.Forbidden, 403),
+    (errors.TooManyAttempts, 429),
     (errors.NotFound, 404),
     (errors.InvalidSpec, 422),
     (errors.Conflict, 409),  # Busy and InvalidState included

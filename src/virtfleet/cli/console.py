@@ -45,7 +45,9 @@ def _pump_stdin(ws: ClientConnection, interactive: bool, stop: threading.Event) 
 def attach(name: str) -> int:
     interactive = sys.stdin.isatty()
     try:
-        ws = connect(_ws_url(name), open_timeout=10, max_size=None)
+        token = state.credentials()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        ws = connect(_ws_url(name), open_timeout=10, max_size=None, additional_headers=headers)
     except OSError as error:
         err.print(f"[red]error:[/red] cannot reach virtfleet at {state.url} ({error})")
         return 1

@@ -64,6 +64,7 @@ def demo(
     client = Client(state.url, timeout=60)
     try:
         _ensure_server(client, as_json=as_json)
+        client.use_token(state.credentials())  # the server writes the local admin token when it first starts
         host = client.get("/host")
         if not host["kvm_usable"]:
             err.print(f"[yellow]warning:[/yellow] KVM is not usable here ({host['kvm_reason']}); "

@@ -10,9 +10,9 @@ from typing import Any
 import typer
 
 from virtfleet import __version__
-from virtfleet.cli import image, jobs, network, storage, vm
+from virtfleet.cli import image, jobs, network, storage, users, vm
 from virtfleet.cli.demo import demo
-from virtfleet.cli.output import JsonOption, err, out, run, state
+from virtfleet.cli.output import JsonOption, err, fail, out, run, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings
 
 app = typer.Typer(
@@ -26,14 +26,20 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(storage.pools, name="pool")
 app.add_typer(storage.volumes, name="volume")
 app.add_typer(network.app, name="network")
+app.add_typer(users.users, name="user")
+app.add_typer(users.tokens, name="token")
 app.command()(demo)
+app.command()(users.audit)
 
 
 @app.callback()
 def main_options(
     url: str = typer.Option(DEFAULT_URL, "--url", envvar="VIRTFLEET_URL", help="The virtfleet API to talk to."),
+    token: str | None = typer.Option(None, "--token", envvar="VIRTFLEET_TOKEN", show_default=False,
+                                     help="API token (default: the local admin token of a server on this host)."),
 ) -> None:
     state.url = url
+    state.token = token
 
 
 @app.command()
@@ -48,23 +54,28 @@ def serve(
     port: int = typer.Option(DEFAULT_PORT, help="TCP port."),
     data_dir: Path | None = typer.Option(None, envvar="VIRTFLEET_DATA_DIR", help="State, images and VM runtime."),
     driver: str | None = typer.Option(None, envvar="VIRTFLEET_DRIVER", help="qemu (default) or fake."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this PEM certificate."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The certificate's PEM private key."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
-    """Run the API server with the local agent (state in SQLite under the data directory)."""
+    """Run the API server, the web UI and the local agent (state in SQLite under the data directory)."""
     import uvicorn
 
     from virtfleet.api.app import create_app
 
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together", as_json=False)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
-        err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS or authentication: anyone who "
-                  "can reach this port controls your VMs")
+    if not loopback and tls_cert is None:
+        err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS: passwords, session cookies and "
+                  "API tokens cross the network in clear text; pass --tls-cert and --tls-key")
     settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+                ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 
 
 @app.command("host")

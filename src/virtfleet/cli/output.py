@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from virtfleet.client import ApiError, Client
+from virtfleet.client import ApiError, Client, default_token
 from virtfleet.config import DEFAULT_URL
 
 out = Console(highlight=False)
@@ -20,6 +20,13 @@ err = Console(stderr=True, highlight=False)
 
 class _State:
     url = DEFAULT_URL
+    token: str | None = None  # --token / $VIRTFLEET_TOKEN; else the local admin token (see default_token)
+
+    def credentials(self) -> str | None:
+        return self.token or default_token(self.url)
+
+    def client(self, timeout: float = 30.0) -> Client:
+        return Client(self.url, timeout=timeout, token=self.credentials())
 
 
 state = _State()
@@ -41,7 +48,7 @@ def print_json(data: Any) -> None:
 
 def run(as_json: bool, action: Callable[[Client], Any], render: Callable[[Any], None] | None = None) -> Any:
     """Call the API; print the result as JSON or through `render`; turn errors into one line and exit 1."""
-    client = Client(state.url)
+    client = state.client()
     try:
         result = action(client)
     except ApiError as error:

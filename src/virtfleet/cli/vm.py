@@ -123,7 +123,7 @@ def create(
                  None if as_json else lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
     except typer.Exit:
         if created_volume is not None:  # nothing lost, nothing left: the disk made for this VM goes too
-            with Client(state.url) as client, contextlib.suppress(ApiError):
+            with state.client() as client, contextlib.suppress(ApiError):
                 client.wait_job(client.delete(f"/volumes/{created_volume}"))
         raise
     if start:
@@ -132,7 +132,7 @@ def create(
 
 def _is_vm_template(name: str) -> bool:
     """--from-template names a template VM, or else a template volume."""
-    with Client(state.url) as client:
+    with state.client() as client:
         try:
             return bool(client.get(f"/vms/{name}").get("template"))
         except ApiError:
@@ -147,7 +147,7 @@ def _first_disk(spec: dict[str, Any], from_template: str | None, full_clone: boo
     if from_template is not None and disk_image is not None:
         fail("give --from-template or --disk-image, not both", as_json=as_json, code=2)
     volume_name = f"{spec['name']}-disk0"
-    with Client(state.url) as client:
+    with state.client() as client:
         try:
             if from_template is not None:
                 template = from_template if "/" in from_template else f"default/{from_template}"
