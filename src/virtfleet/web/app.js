@@ -3,20 +3,21 @@
 import { onUnauthenticated, post, request } from "./js/api.js";
 import { clear, h } from "./js/dom.js";
 import * as events from "./js/events.js";
-import { clearNotices, notify, showError } from "./js/notices.js";
+import { clearNotices, clearSuccesses, notify, showError } from "./js/notices.js";
 import * as create from "./js/pages/create.js";
 import * as hosts from "./js/pages/hosts.js";
 import * as jobs from "./js/pages/jobs.js";
 import * as login from "./js/pages/login.js";
 import * as networks from "./js/pages/networks.js";
 import * as storage from "./js/pages/storage.js";
+import * as tokens from "./js/pages/tokens.js";
 import * as users from "./js/pages/users.js";
 import * as vm from "./js/pages/vm.js";
 import * as vms from "./js/pages/vms.js";
 import { can, session, setSession } from "./js/session.js";
 
 // "#/vms/web1" -> page "vms" with args ["web1"], which the VM page shows.
-const PAGES = { login, vms, create, hosts, storage, networks, jobs, users };
+const PAGES = { login, vms, create, hosts, storage, networks, jobs, tokens, users };
 const LIVE_TEXT = { live: "live", reconnecting: "reconnecting…", offline: "offline" };
 
 let pageScope = null;
@@ -54,6 +55,7 @@ async function route() {
   if (session.user && name === "login") name = "vms";
   pageScope?.dispose();
   pageScope = events.scope();
+  clearSuccesses();
   const main = document.getElementById("main");
   const view = h("div", { class: "view" }); // a late async render of a page left behind lands in a detached node
   clear(main).append(view);
@@ -71,10 +73,12 @@ async function route() {
   document.title = `${view.querySelector("h1")?.textContent || "virtfleet"} · virtfleet`;
 }
 
-function onRouteChange() {
-  route();
-  // Move the focus to the new page's heading, so keyboard and screen reader users start there.
-  requestAnimationFrame(() => document.querySelector("#main h1")?.focus({ preventScroll: false }));
+async function onRouteChange() {
+  await route();
+  // Move the focus to the new page's heading (unless the page chose a field), so keyboard and screen reader
+  // users start there rather than on the link they followed.
+  const main = document.getElementById("main");
+  if (!main.contains(document.activeElement)) main.querySelector("h1")?.focus();
 }
 
 export function loggedIn(me) {
@@ -111,13 +115,9 @@ async function start() {
   try {
     loggedIn(await request("GET", "/auth/me", { quiet401: true }));
   } catch (error) {
-    if (error.status === 404) {
-      loggedIn({ name: "local", role: "admin", via: "none", csrf_token: null }); // TODO(auth): until auth lands
-    } else {
-      if (error.status !== 401) showError(error, "who am I");
-      setSession(null);
-      showChrome(false);
-    }
+    if (error.status !== 401) showError(error, "who am I");
+    setSession(null);
+    showChrome(false);
   }
   window.addEventListener("hashchange", onRouteChange);
   await route();

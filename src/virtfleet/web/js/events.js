@@ -24,6 +24,11 @@ function emit(type, data) {
   }
 }
 
+/** Hand a message learnt another way (e.g. a job's end from a GET) to the same listeners as the stream's. */
+export function emitLocal(type, data) {
+  emit(type, data);
+}
+
 /** Listen to one kind of message ("vm", "vm-deleted", "vm-event", "job", or "open"); returns the unsubscribe. */
 export function on(type, listener) {
   if (!listeners.has(type)) listeners.set(type, new Set());

@@ -1,7 +1,7 @@
 // Following submitted jobs: a notice per job that shows its progress live and how it ended.
 
 import { get, seg } from "./api.js";
-import { isLive, on } from "./events.js";
+import { emitLocal, isLive, on } from "./events.js";
 import { notify } from "./notices.js";
 
 const tracked = new Map(); // job id -> {label, notice, resolve}
@@ -24,9 +24,17 @@ function update(job) {
 }
 
 on("job", update);
+
+// What a GET told us goes to every "job" listener too, so pages refresh even while the stream is down.
+function fetched(job) {
+  const known = tracked.has(job.id);
+  update(job);
+  if (known) emitLocal("job", job);
+}
+
 // No replay on the stream: after a reconnect, ask for each job still followed.
 on("open", () => {
-  for (const id of tracked.keys()) get(`/jobs/${seg(id)}`).then(update, () => {});
+  for (const id of tracked.keys()) get(`/jobs/${seg(id)}`).then(fetched, () => {});
 });
 
 /** Follow a job just submitted (the 202 answer); resolves with the finished job. */
@@ -42,7 +50,7 @@ export function track(job, label) {
 async function waitWithoutStream(id) {
   while (tracked.has(id)) {
     try {
-      update(await get(`/jobs/${seg(id)}`, { wait: 120 }));
+      fetched(await get(`/jobs/${seg(id)}`, { wait: 120 }));
     } catch {
       return;
     }

@@ -41,6 +41,11 @@ export function clearNotices() {
   region().replaceChildren();
 }
 
+/** On leaving a page: what went well needs no more reading; errors and running jobs stay. */
+export function clearSuccesses() {
+  for (const notice of region().querySelectorAll(".notice-success")) notice.remove();
+}
+
 /** An inline error in a form or section, replacing any previous one. */
 export function inlineError(container, error) {
   container.querySelector(":scope > .inline-error")?.remove();

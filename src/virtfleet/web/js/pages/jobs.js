@@ -25,11 +25,12 @@ export async function render(view, _args, scope) {
     return job.target.replace(/^vm-name:/, "");
   };
   const jobRow = (job) => row(HEADERS, [
-    h("code", {}, job.kind), target(job),
+    h("code", { class: "nowrap" }, job.kind), target(job),
     h("span", { class: `badge job-${job.status}` }, job.status),
     h("progress", { max: 100, value: job.progress, "aria-label": `${job.kind} progress` }),
     job.error ? h("span", { class: "error-text" }, job.error) : job.message || "–",
-    time(job.created_at), duration(job.started_at, job.finished_at),
+    h("span", { class: "nowrap" }, time(job.created_at)),
+    h("span", { class: "nowrap" }, duration(job.started_at, job.finished_at)),
   ], { "data-job": job.id });
 
   const draw = () => {

@@ -4,11 +4,11 @@ import { del, get, patch, post, seg } from "../api.js";
 import { field, h, row, section, select, table } from "../dom.js";
 import { time } from "../format.js";
 import { inlineError, notify, showError } from "../notices.js";
-import { confirmDialog } from "../parts/dialog.js";
+import { confirmDialog, promptDialog } from "../parts/dialog.js";
 import { can, session } from "../session.js";
 
 const ROLES = ["viewer", "operator", "admin"];
-const USER_HEADERS = ["User", "Role", "Actions"];
+const USER_HEADERS = ["User", "Role", "Login", "Created", "Actions"];
 const AUDIT_HEADERS = ["Time", "User", "Request", "Status", "Detail"];
 
 export async function render(view, _args, scope) {
@@ -28,8 +28,9 @@ export async function render(view, _args, scope) {
     role.addEventListener("change", () => change(user, { role: role.value }, `role of ${user.name} is now ${role.value}`));
     const password = h("button", { type: "button", class: "small", "aria-label": `Set password of ${user.name}` },
       "Set password");
-    password.addEventListener("click", () => {
-      const value = prompt(`New password for ${user.name}`);
+    password.addEventListener("click", async () => {
+      const value = await promptDialog({ title: `New password for ${user.name}`, label: "Password",
+        type: "password", confirmLabel: "Set password", minlength: 8 });
       if (value) change(user, { password: value }, `password of ${user.name} changed`);
     });
     const remove = h("button", { type: "button", class: "small danger", "aria-label": `Delete user ${user.name}` },
@@ -62,7 +63,7 @@ export async function render(view, _args, scope) {
     try {
       const users = await get("/users");
       userBox.replaceChildren(table("Users", USER_HEADERS, users.map((u) => row(USER_HEADERS, [
-        u.name, u.role, actions(u),
+        u.name, u.role, u.has_password ? "password" : "token only", time(u.created_at), actions(u),
       ]))));
     } catch (error) {
       userBox.replaceChildren(h("p", { class: "inline-error" }, error.message));
@@ -83,16 +84,16 @@ export async function render(view, _args, scope) {
 function userForm(onCreated) {
   const name = h("input", { name: "name", required: true, autocomplete: "off" });
   const role = select("role", ROLES, "viewer");
-  const password = h("input", { name: "password", type: "password", required: true, autocomplete: "new-password" });
+  const password = h("input", { name: "password", type: "password", minlength: 8, autocomplete: "new-password" });
   const form = h("form", { "aria-label": "Add a user" },
     h("div", { class: "inline" }, field("User name", name), field("Role", role)),
-    field("Password", password),
+    field("Password", password, "at least 8 characters; leave empty for a token-only user"),
     h("div", { class: "buttons" }, h("button", { type: "submit" }, "Add user")));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     inlineError(form, null);
     try {
-      await post("/users", { name: name.value.trim(), role: role.value, password: password.value });
+      await post("/users", { name: name.value.trim(), role: role.value, password: password.value || null });
       notify(`user ${name.value.trim()} added`, "success");
       form.reset();
       onCreated();

@@ -67,6 +67,7 @@ export async function render(view, [name], scope) {
   const diskBox = h("div", {});
   const nicBox = h("div", {});
   const charts = usageCharts(vm.id, scope, () => vm.state === "running");
+  const log = eventLog(vm, scope);
   const serial = can("operator") ? serialConsole(vm.name) : null;
   const display = can("operator") && vm.spec.display === "vnc" ? graphicalConsole(vm.name) : null;
   for (const part of [serial, display]) if (part) scope.add(() => part.dispose());
@@ -82,34 +83,44 @@ export async function render(view, [name], scope) {
   nics(vm, nicBox);
 
   append(view, [
-    h("p", { class: "crumbs" }, h("a", { href: "#/vms" }, "VMs"), " / ", vm.name),
+    h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/vms" }, "VMs"), " / ", vm.name),
     head,
     h("div", { class: "columns" },
       section("Overview", facts),
-      section("Event log", eventLog(vm, scope))),
+      section("Event log", log.element)),
     section("Usage (last hour)", charts.element),
     serial ? section("Serial console", serial.element) : null,
     display ? section("Graphical console", display.element) : null,
     h("div", { class: "columns" }, section("Disks", diskBox), section("Network cards", nicBox)),
     section("Snapshots", snapshots(vm, scope))]);
 
-  const refresh = async () => {
+  async function refresh() {
     try {
       vm = await get(`/vms/${seg(vm.id)}`);
       draw();
       charts.reload();
+      log.reload();
       nics(vm, nicBox);
     } catch (error) {
-      if (error.status !== 404) showError(error);
+      if (error.status === 404) gone();
+      else showError(error);
     }
-  };
+  }
+  let left = false;
+  function gone() {
+    if (left) return;
+    left = true;
+    notify(`VM ${vm.name} was deleted.`);
+    location.hash = "#/vms";
+  }
   scope.on("vm", (change) => {
     if (change.id === vm.id) refresh();
   });
+  scope.on("job", (job) => {
+    if (job.target === vm.id && (job.status === "succeeded" || job.status === "failed")) refresh();
+  });
   scope.on("open", refresh);
-  scope.on("vm-deleted", (gone) => {
-    if (gone.id !== vm.id) return;
-    notify(`VM ${vm.name} was deleted.`);
-    location.hash = "#/vms";
+  scope.on("vm-deleted", (deleted) => {
+    if (deleted.id === vm.id) gone();
   });
 }

@@ -19,9 +19,16 @@ async function addresses(vm) {
   }
 }
 
+// The last addresses seen per VM id: a redraw shows them at once while they are asked for again.
+const knownAddresses = new Map();
+
 function vmRow(vm) {
-  const ips = h("span", { class: "ips" }, vm.spec.nics.length ? "…" : "–");
-  addresses(vm).then((list) => { ips.textContent = list.length ? list.join(", ") : "–"; });
+  const shown = (list) => (list.length ? list.join(", ") : "–");
+  const ips = h("span", { class: "ips" }, knownAddresses.has(vm.id) ? shown(knownAddresses.get(vm.id)) : "…");
+  addresses(vm).then((list) => {
+    knownAddresses.set(vm.id, list);
+    ips.textContent = shown(list);
+  });
   const name = h("a", { href: `#/vms/${seg(vm.name)}` }, vm.name);
   return row(HEADERS, [
     [name, vm.template ? h("span", { class: "tag" }, "template") : null],
@@ -57,14 +64,22 @@ export async function render(view, _args, scope) {
   };
 
   // A state change carries only id, name and state: refetch that VM (its spec may have changed too).
-  scope.on("vm", async (change) => {
+  const refreshOne = async (id) => {
     try {
-      const fresh = await get(`/vms/${seg(change.id)}`);
+      const fresh = await get(`/vms/${seg(id)}`);
       list = [...list.filter((vm) => vm.id !== fresh.id), fresh];
-      draw();
     } catch (error) {
       if (error.status !== 404) showError(error);
+      list = list.filter((vm) => vm.id !== id);
     }
+    draw();
+  };
+  scope.on("vm", (change) => refreshOne(change.id));
+  // A finished job may have changed a VM that no "vm" message told us about (the stream may be down).
+  scope.on("job", (job) => {
+    const finished = job.status === "succeeded" || job.status === "failed";
+    if (finished && list.some((vm) => vm.id === job.target)) refreshOne(job.target);
+    else if (finished && job.kind === "vm.clone") load();
   });
   scope.on("vm-deleted", (gone) => {
     list = list.filter((vm) => vm.id !== gone.id);

@@ -18,7 +18,7 @@ const ACTIONS = [
   { verb: "delete", label: "Delete", states: ["stopped", "crashed"], danger: true },
 ];
 
-async function run(vm, action, buttons, onDone) {
+async function run(vm, action, buttons) {
   let submit;
   if (action.verb === "delete") {
     const answer = await confirmDialog({
@@ -33,8 +33,7 @@ async function run(vm, action, buttons, onDone) {
   }
   buttons.forEach((button) => { button.disabled = true; });
   try {
-    const job = await track(await submit(), `${action.label} ${vm.name}`);
-    if (onDone) onDone(job);
+    await track(await submit(), `${action.label} ${vm.name}`);
   } catch (error) {
     showError(error, `${action.label} ${vm.name}`);
   } finally {
@@ -43,7 +42,7 @@ async function run(vm, action, buttons, onDone) {
 }
 
 /** The buttons for `vm` in its current state, or null for viewers (they may look, not touch). */
-export function actionButtons(vm, { onDone } = {}) {
+export function actionButtons(vm) {
   if (!can("operator")) return null;
   const allowed = ACTIONS.filter((action) => action.states.includes(vm.state) && (!vm.template || action.verb === "delete"));
   const buttons = [];
@@ -52,7 +51,7 @@ export function actionButtons(vm, { onDone } = {}) {
       type: "button", class: action.danger ? "danger small" : "small", "data-action": action.verb,
       "aria-label": `${action.label} ${vm.name}`,
     }, action.label);
-    button.addEventListener("click", () => run(vm, action, buttons, onDone));
+    button.addEventListener("click", () => run(vm, action, buttons));
     buttons.push(button);
   }
   return h("div", { class: "actions" }, buttons);

@@ -15,9 +15,10 @@ function svg(tag, attrs = {}, ...children) {
   return element;
 }
 
-/** 0.73 -> 1, 4.2 -> 5, 1300 -> 2000: a round top for the y axis. */
-function niceCeiling(value) {
+/** 0.73 -> 1, 4.2 -> 5, 1300 -> 2000: a round top for the y axis; binary: 300 MiB -> 512 MiB. */
+function niceCeiling(value, binary) {
   if (!(value > 0)) return 1;
+  if (binary && value >= 1) return 2 ** Math.ceil(Math.log2(value));
   const power = 10 ** Math.floor(Math.log10(value));
   const step = [1, 2, 2.5, 5, 10].find((s) => s * power >= value);
   return step * power;
@@ -39,11 +40,12 @@ function runs(points, gap) {
 }
 
 /**
- * series: [{label, points: [[timeMs, value], ...]}]; from/to: the window in ms; format: value -> text.
+ * series: [{label, points: [[timeMs, value], ...]}]; from/to: the window in ms; format: value -> text;
+ * binary: the y axis tops at a power of two (bytes).
  * Returns a <figure> with the SVG and a legend that shows each series' latest value.
  */
-export function lineChart({ title, series, from, to, format, gap = 60_000 }) {
-  const max = niceCeiling(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))));
+export function lineChart({ title, series, from, to, format, gap = 60_000, binary = false }) {
+  const max = niceCeiling(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))), binary);
   const plotW = W - PAD.left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
   const x = (t) => PAD.left + ((t - from) / (to - from)) * plotW;

@@ -28,7 +28,7 @@ export function serialConsole(vmName) {
   const status = h("p", { class: "console-status", role: "status" }, "Not connected.");
   const open = h("button", { type: "button", class: "primary" }, "Open console");
   const close = h("button", { type: "button", hidden: true }, "Disconnect");
-  const screen = h("div", { class: "terminal", hidden: true, "aria-label": `Serial console of ${vmName}` });
+  const screen = h("div", { class: "serial-screen", hidden: true, "aria-label": `Serial console of ${vmName}` });
   const element = h("div", { class: "console" }, h("div", { class: "buttons" }, open, close), status, screen);
   let socket = null;
   let terminal = null;

@@ -6,6 +6,7 @@ import { time } from "../format.js";
 
 const SHOWN = 100;
 
+/** {element, reload}: reload after a job ends, in case the stream is down and told us nothing. */
 export function eventLog(vm, scope) {
   const list = h("ol", { class: "events", reversed: true }, h("li", { class: "muted" }, "Loading…"));
   let events = [];
@@ -31,5 +32,5 @@ export function eventLog(vm, scope) {
   });
   scope.on("open", load);
   load();
-  return list;
+  return { element: list, reload: load };
 }

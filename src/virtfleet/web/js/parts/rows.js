@@ -2,8 +2,6 @@
 
 import { field, h, select } from "../dom.js";
 
-let counter = 0;
-
 /** A fieldset with an "Add" button that appends rows made by `makeRow`; `values()` reads every row. */
 export function repeater(legend, addLabel, makeRow, unavailable = null) {
   const rows = h("div", { class: "rows" });
@@ -11,8 +9,10 @@ export function repeater(legend, addLabel, makeRow, unavailable = null) {
   const element = h("fieldset", { class: "repeater" }, h("legend", {}, legend), rows, add,
     unavailable ? h("small", { class: "muted" }, ` ${unavailable}`) : null);
   const items = [];
+  let counter = 0; // numbers are not reused after a removal: labels stay unique
   add.addEventListener("click", () => {
-    const item = makeRow(++counter);
+    counter += 1;
+    const item = makeRow(counter);
     const remove = h("button", { type: "button", class: "small", "aria-label": `Remove ${item.label}` }, "Remove");
     const wrapper = h("div", { class: "row-item" }, item.element, remove);
     remove.addEventListener("click", () => {
@@ -31,7 +31,7 @@ export function repeater(legend, addLabel, makeRow, unavailable = null) {
 export function diskRow(pools, volumes) {
   return (n) => {
     const free = volumes.filter((v) => !v.attached_to && !v.template);
-    const source = select("source", [["new", "New blank volume"],
+    const source = select("disk_source", [["new", "New blank volume"],
       ...free.map((v) => [`vol:${v.pool}/${v.name}`, `${v.pool}/${v.name} (${v.format})`])], "new");
     const pool = select("pool", pools.map((p) => p.name), pools[0]?.name);
     const size = h("input", { type: "number", name: "size", min: 1, max: 65536, value: 1, step: 1 });

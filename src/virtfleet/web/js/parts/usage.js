@@ -15,10 +15,10 @@ function draw(container, points) {
   const series = (label, key) => ({ label, points: points.map((p) => [Date.parse(p.time), p[key]]) });
   container.replaceChildren(
     lineChart({ title: "CPU", from, to, format: percent, series: [series("CPU", "cpu_percent")] }),
-    lineChart({ title: "Memory", from, to, format: bytes, series: [series("resident", "memory_bytes")] }),
-    lineChart({ title: "Disk", from, to, format: rate,
+    lineChart({ title: "Memory", from, to, format: bytes, binary: true, series: [series("resident", "memory_bytes")] }),
+    lineChart({ title: "Disk", from, to, format: rate, binary: true,
       series: [series("read", "disk_read_bps"), series("write", "disk_write_bps")] }),
-    lineChart({ title: "Network", from, to, format: rate,
+    lineChart({ title: "Network", from, to, format: rate, binary: true,
       series: [series("received", "net_rx_bps"), series("sent", "net_tx_bps")] }));
   if (!points.length) {
     container.prepend(h("p", { class: "muted" }, "No samples in the last hour: usage is sampled while the VM runs."));
