@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tests.contract.conftest import CONSOLE_TAIL, READY_MARKER, DriverEnv, ready_line
+from tests.rfb import RfbHandshake, ServerInit
 from virtfleet.drivers.base import BOOT_SEPARATOR, ConsoleStreams, DomainStatus, Driver, HostInfo
 from virtfleet.errors import Conflict, NotFound
 from virtfleet.model.vm import VmState
@@ -239,6 +240,42 @@ async def test_console_round_trip_single_client(env: DriverEnv) -> None:
     try:
         await read_until(second, command, expected, timeout=30.0)
     finally:
+        await close_streams(second)
+
+
+async def rfb_handshake(streams: ConsoleStreams) -> ServerInit:
+    reader, writer = streams
+    client = RfbHandshake()
+    while client.server_init is None:
+        data = await reader.read(4096)
+        assert data, "the VNC stream closed during the RFB handshake"
+        if reply := client.feed(data):
+            writer.write(reply)
+            await writer.drain()
+    return client.server_init
+
+
+async def test_vnc_stream_speaks_rfb_to_several_clients(env: DriverEnv) -> None:
+    driver = env.driver
+    plain, desk = new_vm_id(), new_vm_id()
+    await driver.define(plain, env.spec("c-plain"))
+    spec = env.spec("c-vnc", machine="q35", display="vnc")
+    await driver.define(desk, spec)
+    for vm_id in (plain, desk):
+        with pytest.raises(Conflict):  # not running
+            await driver.open_vnc(vm_id)
+    # No wait for the guest: the VNC server is up with the hypervisor (the firmware already draws on it).
+    await driver.start(desk, spec, env.boot(spec))
+    first = await driver.open_vnc(desk)
+    second = await driver.open_vnc(desk)
+    try:
+        for streams in (first, second):
+            init = await asyncio.wait_for(rfb_handshake(streams), 30.0)
+            assert init.version.startswith("RFB 003.00"), init
+            assert 320 <= init.width <= 4096 and 200 <= init.height <= 4096, init
+            assert init.bits_per_pixel in (8, 16, 32), init
+    finally:
+        await close_streams(first)
         await close_streams(second)
 
 

@@ -17,7 +17,7 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "x", path)
 
 
-WEBSOCKETS = ["/api/v1/vms/x/console"]  # not in the OpenAPI document
+WEBSOCKETS = ["/api/v1/vms/x/console", "/api/v1/vms/x/vnc"]  # not in the OpenAPI document
 
 
 def test_every_route_but_health_and_login_refuses_anonymous_requests(api: Api) -> None:

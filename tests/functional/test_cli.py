@@ -59,6 +59,16 @@ def test_errors_are_one_line_and_exit_non_zero(server_url: str) -> None:
     assert cli_json(server_url, "vm", "stop", "x", "--force")["status"] == "succeeded"
 
 
+def test_display_option_and_show(server_url: str) -> None:
+    code, _, err = cli(server_url, "vm", "create", "flat", "--display", "vnc")  # microvm: no graphics card
+    assert code == 1 and err.strip().startswith("error: display:") and "q35" in err
+    assert cli_json(server_url, "vm", "list") == []
+    created = cli_json(server_url, "vm", "create", "desk", "--machine", "q35", "--display", "vnc")
+    assert created["spec"]["display"] == "vnc"
+    code, out, _ = cli(server_url, "vm", "show", "desk")
+    assert code == 0 and any(line.split() == ["display:", "vnc"] for line in out.splitlines()), out
+
+
 def test_unreachable_server_is_a_clear_error() -> None:
     code, _, err = cli(f"http://127.0.0.1:{free_port()}", "vm", "list")
     assert code == 1 and "is `virtfleet serve` running?" in err

@@ -18,25 +18,26 @@ import pytest
 ST = Path(sys.executable).with_name("st")
 
 
-def _fuzz(url: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _fuzz(url: str, token: str, cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(ST), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "12",
          "--seed", "1", "--workers", "1", "--request-timeout", "30", "--header", f"Authorization: Bearer {token}",
          *extra],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, cwd=cache,  # its cache stays out of the checkout
     )
 
 
 @pytest.mark.skipif(not ST.exists() and shutil.which("st") is None, reason="schemathesis is not installed")
-def test_generated_requests_never_get_a_server_error(live_server: tuple[str, Path]) -> None:
+def test_generated_requests_never_get_a_server_error(live_server: tuple[str, Path], tmp_path: Path) -> None:
     url, data_dir = live_server
     admin = (data_dir / "admin.token").read_text().strip()
     headers = {"Authorization": f"Bearer {admin}"}
     httpx.post(f"{url}/api/v1/users", json={"name": "fuzzer", "role": "operator"}, headers=headers)
     operator = httpx.post(f"{url}/api/v1/tokens", json={"name": "fuzz", "user": "fuzzer"}, headers=headers)
-    whole = _fuzz(url, operator.json()["token"], "--exclude-path-regex", "^/api/v1/(users|tokens|auth/logout)")
+    whole = _fuzz(url, operator.json()["token"], tmp_path,
+                  "--exclude-path-regex", "^/api/v1/(users|tokens|auth/logout)")
     assert whole.returncode == 0, whole.stdout[-6000:]
-    users = _fuzz(url, admin, "--include-path-regex", "^/api/v1/(users|tokens|audit)",
+    users = _fuzz(url, admin, tmp_path, "--include-path-regex", "^/api/v1/(users|tokens|audit)",
                   "--exclude-path", "/api/v1/tokens/{token_id}")  # revoking our own token would end the run
     assert users.returncode == 0, users.stdout[-6000:]
     # The run really exercised the API (a filter matching nothing would also exit 0).

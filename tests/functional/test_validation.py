@@ -22,6 +22,8 @@ from tests.functional.conftest import Api
         ({"name": "a", "accel": "hax"}, "accel", "kvm"),
         ({"name": "a", "kernel_args": "x\ny"}, "kernel_args", "control characters"),
         ({"name": "a", "disks": [{"path": "/x", "format": "vmdk"}]}, "disks[0].format", "raw"),
+        ({"name": "a", "display": "vnc"}, "display", "needs machine q35"),
+        ({"name": "a", "machine": "q35", "display": "spice"}, "display", "'vnc'"),
         ({"cpus": 1}, "name", "Field required"),
     ],
 )

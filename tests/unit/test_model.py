@@ -36,6 +36,18 @@ def test_spec_defaults_and_round_trip() -> None:
     assert VmSpec.model_validate_json(spec.model_dump_json()) == spec
 
 
+def test_display_defaults_to_none_and_vnc_needs_q35() -> None:
+    assert VmSpec(name="a").display == "none"
+    assert VmSpec(name="a", machine="q35", display="vnc").display == "vnc"
+    with pytest.raises(ValidationError) as caught:
+        VmSpec(name="a", display="vnc")  # microvm is the default machine
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("display",) and "q35" in error["msg"]
+    with pytest.raises(ValidationError) as caught:
+        VmSpec.model_validate({"name": "a", "machine": "q35", "display": "spice"})
+    assert caught.value.errors()[0]["loc"] == ("display",)
+
+
 @pytest.mark.parametrize(
     ("fields", "bad_field"),
     [({"name": "a/b"}, "name"), ({"name": "-a"}, "name"), ({"name": "x" * 64}, "name"),

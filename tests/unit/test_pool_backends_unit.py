@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from virtfleet import hostcmd
 from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound, Unsupported
 from virtfleet.model.storage import PoolSpec
 from virtfleet.storage import lvm, nfs
@@ -115,7 +116,7 @@ def test_split_source_rejects_bad_sources(source: str | None) -> None:
 
 def test_missing_lvm_tools_name_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(lvm, "_SBIN", ())
+    monkeypatch.setattr(hostcmd, "SBIN", ())
     with pytest.raises(DriverError, match="apt-get install lvm2"):
         lvm.run(["lvs"])
 
@@ -391,7 +392,7 @@ def test_nfs_volume_operations_need_the_mount(tmp_path: Path, monkeypatch: pytes
 def test_nfs_missing_mount_helper_names_nfs_common(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = nfs_backend(tmp_path, monkeypatch, "")
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(nfs, "_SBIN", ())
+    monkeypatch.setattr(hostcmd, "SBIN", ())
     with pytest.raises(DriverError, match="apt-get install nfs-common"):
         backend.activate()
 
@@ -405,7 +406,7 @@ def test_nfs_mount_failure_carries_the_reason(tmp_path: Path, monkeypatch: pytes
         tool.chmod(0o755)
     backend = nfs_backend(tmp_path, monkeypatch, "")
     monkeypatch.setenv("PATH", str(bin_dir))
-    monkeypatch.setattr(nfs, "_SBIN", ())
+    monkeypatch.setattr(hostcmd, "SBIN", ())
     with pytest.raises(DriverError, match=re.escape("cannot mount 127.0.0.1:/export/pool")) as caught:
         backend.activate()
     assert caught.value.cause is not None and "no NFS client" in caught.value.cause

@@ -51,6 +51,7 @@ CASES = {
         ]),
         "tcg",
     ),
+    "q35-vnc": (VmSpec(name="desk", machine="q35", display="vnc"), "tcg"),
     "microvm-disk": (VmSpec(name="m1", memory=128, disks=[{"path": "/pools/default/a.qcow2"}]), "tcg"),
 }
 
@@ -170,3 +171,14 @@ def test_e1000_needs_q35_and_vlans_need_a_host_bridge() -> None:
         VmSpec(name="m", nics=[{"network": "lan", "mac": "52:54:00:zz:00:01"}])
     with pytest.raises(ValidationError, match="multicast"):
         VmSpec(name="m", nics=[{"network": "lan", "mac": "01:00:5e:00:00:01"}])
+
+
+def test_vnc_listens_on_a_unix_socket_in_the_run_dir_only() -> None:
+    spec, accel = CASES["q35-vnc"]
+    argv = build_argv(VM_ID, spec, BOOT, RunPaths(Path("/data,x") / VM_ID), accel=accel)
+    assert argv.count("-vnc") == 1
+    assert argv[argv.index("-vnc") + 1] == f"unix:/data,,x/{VM_ID}/vnc.sock"  # a TCP port would bypass the API
+    assert "VGA,id=video0" in argv
+    for name in ("microvm-tcg", "q35-kvm-disks"):  # no display asked: no graphics card, no VNC server
+        plain = build_argv(VM_ID, CASES[name][0], BOOT, PATHS, accel="tcg")
+        assert "-vnc" not in plain and not any(a.startswith("VGA") for a in plain)

@@ -96,6 +96,7 @@ def demo(
     out.print(f"  virtfleet vm console {name}     # attach (Ctrl-] detaches)")
     out.print(f"  virtfleet vm shutdown {name}    # ACPI power off")
     out.print("  virtfleet vm list")
+    out.print(f"  web UI: {state.url.rstrip('/')}/ (first: virtfleet user passwd admin)")
 
 
 def _follow_console(client: Client, name: str, timeout: float, *, echo: bool) -> str:

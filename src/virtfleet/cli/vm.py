@@ -74,6 +74,7 @@ def create(
     memory: str | None = typer.Option(None, help="Memory, e.g. 256M or 2G."),
     machine: str | None = typer.Option(None, help="microvm or q35."),
     accel: str | None = typer.Option(None, help="auto, kvm or tcg."),
+    display: str | None = typer.Option(None, help="none, or vnc: a graphical console (q35), opened in the web UI."),
     kernel_args: str | None = typer.Option(None, "--kernel-args", help="Extra kernel command line."),
     disk: list[str] | None = typer.Option(None, "--disk", help="A volume POOL/NAME, or a file in a pool (repeat)."),
     from_template: str | None = typer.Option(None, "--from-template",
@@ -94,7 +95,7 @@ def create(
 ) -> None:
     """Define a VM (it stays stopped unless --start)."""
     flags: dict[str, Any] = {"image": image, "cpus": cpus, "memory": memory, "machine": machine,
-                             "accel": accel, "kernel_args": kernel_args}
+                             "accel": accel, "kernel_args": kernel_args, "display": display}
     if disk:
         flags["disks"] = [_disk(d) for d in disk]
     if nic:
@@ -203,7 +204,8 @@ def show(name: str, events: int = typer.Option(10, help="How many recent events 
         for key, value in [("name", vm["name"]), ("id", vm["id"]), ("state", vm["state"]),
                            ("reason", vm["state_reason"]), ("host", vm["host"]), ("accel", vm["accel"] or "-"),
                            ("cpus", spec["cpus"]), ("memory", f"{spec['memory']}M"), ("machine", spec["machine"]),
-                           ("image", spec["image"]), ("kernel args", spec["kernel_args"] or "-"),
+                           ("display", spec.get("display", "none")), ("image", spec["image"]),
+                           ("kernel args", spec["kernel_args"] or "-"),
                            ("disks", ", ".join(d["volume"] or d["path"] for d in spec["disks"]) or "-"),
                            ("nics", ", ".join(f"{n['network']} {n['mac']} {n['ip'] or 'no address'}"
                                               f"{'' if n['link_up'] else ' (link down)'}" for n in vm["nics"]) or "-")]:

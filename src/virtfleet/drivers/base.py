@@ -174,6 +174,11 @@ class Driver(Protocol):
         """A bidirectional byte stream to the serial console; one client at a time."""
         ...
 
+    async def open_vnc(self, vm_id: str) -> ConsoleStreams:
+        """A bidirectional RFB (VNC) byte stream to the graphical console of a running domain whose spec has
+        display "vnc"; several clients may attach at once. Conflict when it is not running or has no display."""
+        ...
+
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         """The tail of the console history (kept by the host, so nothing is lost while nobody watches)."""
         ...

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from virtfleet.drivers.base import (
@@ -27,6 +29,7 @@ from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 READY_MARKER = "VIRTFLEET-READY"
+FAKE_SCREEN = (640, 480)  # the fake graphical console's framebuffer size
 
 
 @dataclass
@@ -228,27 +231,26 @@ class FakeDriver:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
         if domain.console_open:
             raise Conflict(f"the console of {vm_id} is already attached by another client")
-        ours, theirs = socket.socketpair()
         domain.console_open = True
-        reader, writer = await asyncio.open_connection(sock=ours)
 
-        async def echo() -> None:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             # The fake guest echoes what it is sent, like a tty in cooked mode.
             try:
                 while data := await reader.read(4096):
                     domain.console += data
                     writer.write(data)
                     await writer.drain()
-            except (ConnectionError, OSError):
-                pass
             finally:
                 domain.console_open = False
-                writer.close()
 
-        task = asyncio.get_running_loop().create_task(echo())
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-        return await asyncio.open_connection(sock=theirs)
+        return await _serve(echo)
+
+    async def open_vnc(self, vm_id: str) -> ConsoleStreams:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        if domain.spec.display != "vnc":
+            raise Conflict(f"domain {vm_id} has no graphical console: it was started with display 'none'")
+        name = domain.spec.name.encode()
+        return await _serve(lambda reader, writer: _fake_rfb(name, reader, writer))
 
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         return bytes(self._domain(vm_id).console[-max_bytes:])
@@ -263,3 +265,40 @@ def _require_hotplug(domain: FakeDomain, action: str) -> None:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+Guest = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _serve(guest: Guest) -> ConsoleStreams:
+    """A connected pair of streams: the caller gets one end, `guest` plays the other end in the background."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+
+    async def run() -> None:
+        try:
+            await guest(reader, writer)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    task = asyncio.get_running_loop().create_task(run())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return await asyncio.open_connection(sock=theirs)
+
+
+async def _fake_rfb(name: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Just enough of an RFB 3.8 server for a client to get through the handshake: security type None, one
+    true-colour screen that never changes; what the client sends afterwards is read and ignored."""
+    writer.write(b"RFB 003.008\n")
+    await reader.readexactly(12)  # the client's protocol version
+    writer.write(b"\x01\x01")  # one security type: None
+    await reader.readexactly(1)
+    writer.write(struct.pack(">I", 0))  # SecurityResult: OK
+    await reader.readexactly(1)  # ClientInit (shared flag)
+    pixel_format = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+    writer.write(struct.pack(">HH", *FAKE_SCREEN) + pixel_format + struct.pack(">I", len(name)) + name)
+    await writer.drain()
+    while await reader.read(4096):
+        pass

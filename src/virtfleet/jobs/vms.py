@@ -303,6 +303,14 @@ class VmService:
         require(VmOperation.CONSOLE, vm.state, f"vm '{vm.name}'")
         return vm, await self.driver.open_console(vm.id)
 
+    async def open_vnc(self, ref: str) -> tuple[Vm, ConsoleStreams]:
+        vm = self.db.get_vm(ref)
+        require(VmOperation.CONSOLE, vm.state, f"vm '{vm.name}'")
+        if vm.spec.display != "vnc":
+            raise Conflict(f"vm '{vm.name}' has no graphical console: its spec has display '{vm.spec.display}' "
+                           "(a VM created with display 'vnc' on machine q35 has one)")
+        return vm, await self.driver.open_vnc(vm.id)
+
 
 def host_name() -> str:
     return os.uname().nodename

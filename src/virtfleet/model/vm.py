@@ -106,6 +106,9 @@ class VmSpec(BaseModel):
     disks: list[DiskSpec] = Field(default_factory=list, max_length=16, validate_default=True)
     cloud_init: CloudInitSpec | None = None
     nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+    display: Literal["none", "vnc"] = Field(
+        default="none", description="vnc: a graphics card and a VNC server (q35 only), reached through the API"
+    )
 
     @field_validator("nics")
     @classmethod
@@ -122,6 +125,13 @@ class VmSpec(BaseModel):
                 raise ValueError("booting from a disk (image: null) needs machine q35: microvm has no boot firmware")
             if not value:
                 raise ValueError("booting from a disk (image: null) needs at least one disk")
+        return value
+
+    @field_validator("display")
+    @classmethod
+    def _display_needs_q35(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and info.data.get("machine") == "microvm":
+            raise ValueError("a graphical console needs machine q35: microvm has no graphics card")
         return value
 
     @field_validator("kernel_args")

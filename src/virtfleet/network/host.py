@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from virtfleet.errors import DriverError, InvalidSpec
+from virtfleet.hostcmd import find_tool, first_line, run_tool
 from virtfleet.network.dnsmasq import Dnsmasq, our_dnsmasqs, parse_leases
 
 __all__ = [
@@ -58,7 +57,6 @@ TABLE_PREFIX = "vf_"
 APT_HINT = "install it with: apt-get install iproute2 nftables"
 COMMAND_TIMEOUT = 30.0  # ip/nft answer in milliseconds; a hang means something is badly wrong on the host
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")  # per network namespace: /proc/sys/net follows the caller's netns
-_SBIN = ("/usr/sbin", "/sbin")  # ip/nft/bridge live in /usr/sbin, which a non-login PATH may lack
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # also keeps names safe to quote inside an nft script
 _TABLE = re.compile(r"^vf_[A-Za-z0-9_]{1,60}$")
 # Route types that describe addresses of this host or of a link, not where traffic goes.
@@ -108,33 +106,18 @@ def generate_mac(vm_id: str, index: int, taken: set[str]) -> str:
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name) or next((f"{d}/{name}" for d in _SBIN if os.access(f"{d}/{name}", os.X_OK)), None)
-    if found is None:
-        raise DriverError(f"the network tool {name} is not found", APT_HINT)
-    return found
+    return find_tool(name, missing=f"the network tool {name} is not found", hint=APT_HINT)
 
 
-def _one_line(text: str) -> str:
-    # nft follows its error line with the script line and a caret marker; the first line says what is wrong.
-    return next((line.strip() for line in text.splitlines() if line.strip()), "no error output")
-
-
-def _exec(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    full = [_tool(argv[0]), *argv[1:]]
-    try:
-        return subprocess.run(full, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, check=False, timeout=COMMAND_TIMEOUT,
-                              env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        raise DriverError(f"{' '.join(argv)} did not finish", f"timed out after {COMMAND_TIMEOUT:g}s") from None
+def _exec(argv: Sequence[str], what: str, stdin: str | None = None, *,
+          check: bool = True) -> subprocess.CompletedProcess[str]:
+    # The first stderr line is the cause: nft follows its error line with the script line and a caret marker.
+    return run_tool([_tool(argv[0]), *argv[1:]], what=what, timeout=COMMAND_TIMEOUT, stdin=stdin, check=check)
 
 
 def _run(argv: Sequence[str], what: str, stdin: str | None = None) -> str:
     """Run one command; DriverError(what, the tool's first stderr line) when it fails."""
-    done = _exec(argv, stdin)
-    if done.returncode != 0:
-        raise DriverError(what, _one_line(done.stderr or done.stdout))
-    return done.stdout
+    return _exec(argv, what, stdin).stdout
 
 
 def _json(argv: Sequence[str], what: str) -> Any:
@@ -209,9 +192,10 @@ def ensure_bridge(name: str, gateway_cidr: str | None) -> None:
     elif _kind(link) != "bridge":
         raise DriverError(f"{name} exists but is not a bridge", f"it is a {_kind(link)}")
     if _info_data(link).get("vlan_filtering") != 1:
-        done = _exec(["ip", "link", "set", name, "type", "bridge", "vlan_filtering", "1"])
+        what = f"cannot enable VLAN filtering on {name}"
+        done = _exec(["ip", "link", "set", name, "type", "bridge", "vlan_filtering", "1"], what, check=False)
         if done.returncode != 0 and "not supported" not in done.stderr:
-            raise DriverError(f"cannot enable VLAN filtering on {name}", _one_line(done.stderr))
+            raise DriverError(what, first_line(done.stderr))
     if "UP" not in link.get("flags", []):
         _run(["ip", "link", "set", name, "up"], f"cannot bring bridge {name} up")
     if gateway is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound, Unsupported
+from virtfleet.hostcmd import SBIN, find_tool, run_tool
 from virtfleet.model.storage import PoolSpec, PoolUsage, VolumeFormat
 
 LV_PREFIX = "vf-"
@@ -28,7 +29,6 @@ LVS_FIELDS = "lv_name,vg_name,lv_attr,lv_size,data_percent,segtype,pool_lv,vg_ex
 COMMAND_TIMEOUT = 120.0  # lvm waits on its locks; a stuck command must not hold a worker thread forever
 DEVICE_TIMEOUT = 10.0  # how long /dev/VG/LV may take to appear after activation (udev)
 # lvm tools live in /usr/sbin, which a non-login PATH may lack.
-_SBIN = ("/usr/sbin", "/sbin")
 
 
 @dataclass(frozen=True)
@@ -160,32 +160,19 @@ def one_line(stderr: str) -> str:
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name) or next((f"{d}/{name}" for d in _SBIN if os.access(f"{d}/{name}", os.X_OK)), None)
-    if found is None:
-        raise DriverError(f"the lvm tool {name} is not found", APT_HINT)
-    return found
+    return find_tool(name, missing=f"the lvm tool {name} is not found", hint=APT_HINT)
 
 
 def run(argv: Sequence[str]) -> str:
     """Run one lvm command; DriverError with lvm's stderr as the cause when it fails."""
-    full = [_tool(argv[0]), *argv[1:]]
-    # C locale: the report's decimal point is '.'; no fd warnings: they would clutter every error message.
-    env = {**os.environ, "LC_ALL": "C", "LVM_SUPPRESS_FD_WARNINGS": "1"}
-    try:
-        done = subprocess.run(full, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
-                              timeout=COMMAND_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise DriverError(f"{argv[0]} failed", f"no answer after {COMMAND_TIMEOUT:g}s") from None
-    except OSError as exc:
-        raise DriverError(f"cannot run {argv[0]}", str(exc)) from exc
-    if done.returncode != 0:
-        raise DriverError(f"{argv[0]} failed", one_line(done.stderr))
-    return done.stdout
+    # C locale (run_tool): the report's decimal point is '.'; no fd warnings: they would clutter every error.
+    return run_tool([_tool(argv[0]), *argv[1:]], what=f"{argv[0]} failed", timeout=COMMAND_TIMEOUT,
+                    env={"LVM_SUPPRESS_FD_WARNINGS": "1"}, condense=one_line).stdout
 
 
 def wait_for_device(path: Path, timeout: float = DEVICE_TIMEOUT) -> None:
     """Activation returns before udev has made /dev/VG/LV: wait for the node so callers can open it at once."""
-    udevadm = shutil.which("udevadm") or next((f"{d}/udevadm" for d in ("/usr/bin", "/bin", *_SBIN)
+    udevadm = shutil.which("udevadm") or next((f"{d}/udevadm" for d in ("/usr/bin", "/bin", *SBIN)
                                                if os.access(f"{d}/udevadm", os.X_OK)), None)
     if udevadm is not None:
         subprocess.run([udevadm, "settle", f"--timeout={int(timeout)}"], stdin=subprocess.DEVNULL,

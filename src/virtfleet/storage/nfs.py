@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtfleet.errors import Conflict, DriverError
+from virtfleet.hostcmd import find_tool, run_tool
 from virtfleet.model.storage import PoolSpec, PoolUsage, VolumeFormat
 from virtfleet.storage.backends import DirBackend
 
@@ -21,7 +20,6 @@ MOUNT_OPTIONS = "vers=4,soft,timeo=50,retry=0"
 MOUNT_TIMEOUT = 60.0
 NFS_TYPES = frozenset({"nfs", "nfs4"})
 MOUNTINFO = Path("/proc/self/mountinfo")
-_SBIN = ("/usr/sbin", "/sbin")
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
@@ -87,22 +85,12 @@ def mount_error_hint(stderr: str) -> str:
 
 
 def _tool(name: str, hint: str) -> str:
-    found = shutil.which(name) or next((f"{d}/{name}" for d in _SBIN if os.access(f"{d}/{name}", os.X_OK)), None)
-    if found is None:
-        raise DriverError(f"{name} not found", hint)
-    return found
+    return find_tool(name, missing=f"{name} not found", hint=hint)
 
 
 def _run(argv: Sequence[str], what: str, *, hint: bool = False) -> None:
-    try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
-                              env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        raise DriverError(what, f"no answer after {MOUNT_TIMEOUT:g}s") from None
-    except OSError as exc:
-        raise DriverError(what, str(exc)) from exc
-    if done.returncode != 0:
-        raise DriverError(what, mount_error_hint(done.stderr) if hint else " ".join(done.stderr.split()))
+    run_tool(argv, what=what, timeout=MOUNT_TIMEOUT,
+             condense=mount_error_hint if hint else lambda stderr: " ".join(stderr.split()))
 
 
 class NfsBackend(DirBackend):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound
+from virtfleet.hostcmd import run_tool
 
 QEMU_IMG = "qemu-img"
 UNTRUSTED_FORMATS = frozenset({"qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi"})
@@ -105,15 +106,8 @@ def _run(args: Sequence[str], *, timeout: float | None = None, limited: bool = F
     prlimit = shutil.which("prlimit") if limited else None
     if prlimit:
         argv = [prlimit, f"--as={UNTRUSTED_ADDRESS_SPACE}", f"--cpu={UNTRUSTED_CPU_SECONDS}", "--", *argv]
-    try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise QemuImgError(f"qemu-img {args[0]} failed", f"no answer after {timeout:g}s") from None
-    except OSError as exc:
-        raise DriverError(f"cannot run {QEMU_IMG}", str(exc)) from exc
-    if done.returncode != 0:
-        raise QemuImgError(f"qemu-img {args[0]} failed", _one_line(done.stderr))
-    return done.stdout
+    return run_tool(argv, what=f"qemu-img {args[0]} failed", timeout=timeout, error=QemuImgError,
+                    condense=_one_line).stdout
 
 
 # --- reading images -----------------------------------------------------------------------------------------------

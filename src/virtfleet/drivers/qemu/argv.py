@@ -142,6 +142,14 @@ def _disk_args(disks: list[DiskSpec], machine: str) -> list[str]:
     return args
 
 
+def _display_args(spec: VmSpec, paths: RunPaths) -> list[str]:
+    if spec.display != "vnc":
+        return []
+    # Standard VGA: SeaBIOS has a VGA BIOS for it, so the screen shows from the firmware on. VNC listens on a
+    # unix socket only: the API proxies it (with auth), a TCP port would bypass that.
+    return ["-device", "VGA,id=video0", "-vnc", f"unix:{_opt(paths.vnc)}"]
+
+
 def build_argv(
     vm_id: str, spec: VmSpec, boot: BootImage | None, paths: RunPaths, *, accel: str, binary: str = "qemu-system-x86_64"
 ) -> list[str]:
@@ -169,6 +177,7 @@ def build_argv(
     if spec.machine == "q35":
         for port in range(HOTPLUG_PORTS):
             argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1}"]
+    argv += _display_args(spec, paths)  # after the hot-plug ports, so their PCI addresses stay the same
     # The boot order only means something to firmware booting a disk; with a kernel image it is left out.
     disks = spec.disks if boot is None else [d.model_copy(update={"boot_index": None}) for d in spec.disks]
     return argv + _disk_args(disks, spec.machine) + _nic_args(spec.nics, spec.machine)

@@ -562,6 +562,17 @@ class QemuDriver:
         self._consoles[vm_id] = writer
         return reader, writer
 
+    async def open_vnc(self, vm_id: str) -> ConsoleStreams:
+        paths, _, _ = await self._require_running(vm_id)
+        # What the running QEMU was started with decides, not the spec on record (which a restart would apply).
+        argv = (read_record(paths.runtime) or {}).get("argv", [])
+        if "-vnc" not in argv:
+            raise Conflict(f"domain {vm_id} has no graphical console: it was started with display 'none'")
+        try:
+            return await asyncio.wait_for(asyncio.open_unix_connection(str(paths.vnc)), 5.0)
+        except (OSError, TimeoutError) as exc:
+            raise DriverError("cannot attach to the graphical console", str(exc) or type(exc).__name__) from exc
+
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         paths = self._require_defined(vm_id)
         return read_tail(paths.console_log, max_bytes)

@@ -8,6 +8,7 @@
                       qmp.sock      QMP monitor
                       console.sock  serial console (one client at a time)
                       console.log   everything the serial console printed, trimmed like a ring
+                      vnc.sock      graphical console (RFB), when the spec asks for a display
 """
 
 from __future__ import annotations
@@ -54,12 +55,16 @@ class RunPaths:
         return self.root / "console.sock"
 
     @property
+    def vnc(self) -> Path:
+        return self.root / "vnc.sock"
+
+    @property
     def console_log(self) -> Path:
         return self.root / "console.log"
 
     def transient(self) -> list[Path]:
         """What a previous run leaves behind and the next start must not trust."""
-        return [self.runtime, self.exit, self.pidfile, self.qmp, self.console]
+        return [self.runtime, self.exit, self.pidfile, self.qmp, self.console, self.vnc]
 
 
 def write_record(path: Path, data: dict[str, Any]) -> None:
