@@ -235,3 +235,24 @@ def test_roles_in_the_browser_and_the_api(fake_ui: Ui) -> None:
     status = page.evaluate("async () => (await fetch('/api/v1/vms/ro1/stop', {method: 'POST'})).status")
     assert status == 403
     assert ui.daemon.vm("ro1")["state"] == "running"
+
+
+def test_graphical_console(fake_ui: Ui) -> None:
+    """noVNC in the page, over the /vnc WebSocket, through to the (fake) VNC server's screen."""
+    ui, page = fake_ui, fake_ui.page
+    ui.add_user("olga", "operator")
+    spec = {"name": "desk", "machine": "q35", "display": "vnc"}
+    assert ui.daemon.call("POST", "/vms", json=spec).status_code == 201
+    assert ui.daemon.call("POST", "/vms", json={"name": "plain"}).status_code == 201
+    ui.daemon.ok("POST", "/vms/desk/start")
+    ui.login("olga")
+    ui.goto("vms/plain")
+    expect(page.get_by_role("heading", name="Serial console")).to_be_visible()
+    expect(page.get_by_role("heading", name="Graphical console")).to_have_count(0)  # display none: no VNC
+    ui.goto("vms/desk")
+    expect(page.locator(".facts")).to_contain_text("vnc")
+    page.get_by_role("button", name="Open graphical console").click()
+    expect(page.locator(".console-status", has_text="Connected. Keyboard and mouse")).to_be_visible()
+    expect(page.locator(".vnc-screen canvas")).to_be_attached()
+    page.get_by_role("button", name="Disconnect").click()
+    expect(page.get_by_role("button", name="Open graphical console")).to_be_enabled()

@@ -44,3 +44,19 @@ def test_create_start_console_stop_delete(qemu_ui: Ui) -> None:
     expect(page.get_by_role("heading", name="Virtual machines")).to_be_visible()
     expect(page.locator("tr[data-vm='tiny1']")).to_have_count(0)
     assert ui.daemon.call("GET", "/vms/tiny1").status_code == 404
+
+
+def test_graphical_console_of_a_real_guest(qemu_ui: Ui) -> None:
+    ui, page = qemu_ui, qemu_ui.page
+    ui.add_user("ops", "operator")
+    spec = {"name": "desk", "machine": "q35", "accel": "tcg", "memory": "256M", "display": "vnc"}
+    assert ui.daemon.call("POST", "/vms", json=spec).status_code == 201
+    ui.daemon.ok("POST", "/vms/desk/start")
+    ui.login("ops")
+    ui.goto("vms/desk")
+    page.get_by_role("button", name="Open graphical console").click()
+    expect(page.locator(".console-status", has_text="Connected. Keyboard and mouse")).to_be_visible(timeout=30_000)
+    canvas = page.locator(".vnc-screen canvas")
+    expect(canvas).to_be_visible()
+    ui.daemon.wait_ready("desk", timeout=120)  # the guest's boot text is on the VGA screen by now
+    ui.shot("qemu-vnc")

@@ -13,6 +13,8 @@ export function graphicalConsole(vmName) {
   const screen = h("div", { class: "vnc-screen", hidden: true, "aria-label": `Display of ${vmName}` });
   const element = h("div", { class: "console" }, h("div", { class: "buttons" }, open, cad, close), status, screen);
   let rfb = null;
+  let state = "stopped";
+  const usable = () => state === "running" || state === "paused";
 
   const setStatus = (text, kind = "") => {
     status.textContent = text;
@@ -21,7 +23,8 @@ export function graphicalConsole(vmName) {
   const connected = (yes) => {
     cad.hidden = !yes;
     close.hidden = !yes;
-    open.disabled = yes;
+    open.hidden = yes || !usable();
+    open.disabled = false;
   };
 
   async function connect() {
@@ -61,9 +64,10 @@ export function graphicalConsole(vmName) {
 
   return {
     element,
-    setState(state) {
-      open.hidden = !(state === "running" || state === "paused");
-      if (open.hidden && !rfb) setStatus(`The display opens while the VM runs (it is ${state}).`);
+    setState(newState) {
+      state = newState;
+      if (!rfb) open.hidden = !usable();
+      if (!usable() && !rfb) setStatus(`The display opens while the VM runs (it is ${state}).`);
     },
     dispose() {
       rfb?.disconnect();
