@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -256,3 +257,39 @@ def test_graphical_console(fake_ui: Ui) -> None:
     expect(page.locator(".vnc-screen canvas")).to_be_attached()
     page.get_by_role("button", name="Disconnect").click()
     expect(page.get_by_role("button", name="Open graphical console")).to_be_enabled()
+
+
+def test_changes_made_elsewhere_show_up_live(fake_ui: Ui) -> None:
+    """The CLI (here: the API with a token) changes things; an open page follows through the event stream."""
+    ui, page = fake_ui, fake_ui.page
+    with httpx.stream("GET", f"{ui.daemon.url}/events", headers=ui.daemon.auth, timeout=10) as stream:
+        if stream.status_code == 404:
+            pytest.skip("no event stream (GET /api/v1/events) on this branch yet")
+        assert stream.status_code == 200
+    ui.add_user("alice", "admin")
+    assert ui.daemon.call("POST", "/vms", json={"name": "far1"}).status_code == 201
+    ui.login("alice")
+    row = page.locator("tr[data-vm='far1']")
+    expect(row.locator(".badge")).to_have_text("stopped")
+    expect(page.locator("#live")).to_have_text("live")
+
+    ui.daemon.ok("POST", "/vms/far1/start")
+    expect(row.locator(".badge")).to_have_text("running")
+    assert ui.daemon.call("POST", "/vms", json={"name": "far2"}).status_code == 201
+    expect(page.locator("tr[data-vm='far2'] .badge")).to_have_text("stopped")
+
+    row.get_by_role("link", name="far1").click()
+    events = page.locator(".events")
+    expect(events).to_contain_text("started")
+    ui.daemon.ok("POST", "/vms/far1/pause")
+    expect(page.locator(".page-head .badge")).to_have_text("paused")
+    expect(events).to_contain_text("paused")
+
+    ui.nav("Jobs")
+    ui.daemon.ok("POST", "/vms/far1/resume")
+    finished = page.locator("section", has_text="Finished")
+    expect(finished.get_by_role("cell", name="vm.resume", exact=True)).to_be_visible()
+
+    ui.nav("VMs")
+    ui.daemon.ok("DELETE", "/vms/far2")
+    expect(page.locator("tr[data-vm='far2']")).to_have_count(0)

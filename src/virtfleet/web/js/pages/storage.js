@@ -94,10 +94,11 @@ function volumeForm(pools, act) {
     event.preventDefault();
     inlineError(form, null);
     try {
+      const ref = `${pool.value}/${name.value.trim()}`;
       const job = await post(`/pools/${seg(pool.value)}/volumes`,
         { name: name.value.trim(), format: format.value, size: size.value.trim() });
       form.reset();
-      act(`create volume ${job.target}`, async () => job);
+      act(`create volume ${ref}`, async () => job);
     } catch (error) {
       inlineError(form, error);
     }
