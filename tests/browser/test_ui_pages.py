@@ -117,6 +117,7 @@ def test_admin_walks_every_page(fake_ui: Ui) -> None:
     expect(row.locator(".badge")).to_have_text("paused")
     row.get_by_role("button", name="Resume web1").click()
     expect(row.locator(".badge")).to_have_text("running")
+    expect(page.locator(".notice", has_text="Resume web1")).to_contain_text("done")  # the job's notice follows it
     ui.shot("vms")
 
     # Jobs: running and past ones, each with its progress.
@@ -293,3 +294,38 @@ def test_changes_made_elsewhere_show_up_live(fake_ui: Ui) -> None:
     ui.nav("VMs")
     ui.daemon.ok("DELETE", "/vms/far2")
     expect(page.locator("tr[data-vm='far2']")).to_have_count(0)
+
+
+def test_create_from_a_template(fake_ui: Ui) -> None:
+    ui, page = fake_ui, fake_ui.page
+    ui.add_user("olga", "operator")
+    ui.daemon.ok("POST", "/pools/default/volumes", json={"name": "base-root", "size": "32M"})
+    spec = {"name": "base", "disks": [{"volume": "default/base-root"}]}
+    assert ui.daemon.call("POST", "/vms", json=spec).status_code == 201
+    assert ui.daemon.call("POST", "/vms/base/template").status_code == 200
+    ui.login("olga")
+    row = page.locator("tr[data-vm='base']")
+    expect(row).to_contain_text("template")
+    expect(row.locator("[data-action]")).to_have_count(1)  # a template never runs: only Delete
+
+    ui.nav("Create VM")
+    page.get_by_label("Name", exact=True).fill("clone1")
+    page.get_by_label("Boot from").select_option("template")
+    page.get_by_label("Template", exact=True).select_option("base")
+    expect(page.get_by_label("Linked clone of its disks (instant)")).to_be_checked()
+    expect(page.get_by_role("group", name="Disks")).to_be_hidden()  # disks come from the template
+    page.get_by_label("Start it now").uncheck()
+    page.get_by_role("button", name="Create VM").click()
+    expect(page.get_by_role("heading", name="clone1", exact=True)).to_be_visible()
+    expect(page.locator(".page-head .badge")).to_have_text("stopped")
+    clone = ui.daemon.vm("clone1")
+    assert clone["spec"]["disks"][0]["volume"] != "default/base-root"
+    volumes = {v["name"]: v for v in ui.daemon.call("GET", "/volumes").json()}
+    assert volumes[clone["spec"]["disks"][0]["volume"].split("/")[1]]["base"] == "default/base-root"
+
+    # A name already taken: the server's 409 shows at the form, nothing else changes.
+    ui.nav("Create VM")
+    page.get_by_label("Name", exact=True).fill("clone1")
+    page.get_by_role("button", name="Create VM").click()
+    expect(page.locator("form .inline-error")).to_contain_text("clone1")
+    assert len(ui.daemon.call("GET", "/vms").json()) == 2

@@ -42,7 +42,10 @@ export function track(job, label) {
   return new Promise((resolve) => {
     tracked.set(job.id, { label, resolve, notice: notify(describe(label, job), "info", { sticky: true }) });
     update(job);
+    if (!tracked.has(job.id)) return;
     if (!isLive()) waitWithoutStream(job.id);
+    // A quick job may have sent its last message before its 202 answer reached us: ask once.
+    else get(`/jobs/${seg(job.id)}`).then(fetched, () => {});
   });
 }
 

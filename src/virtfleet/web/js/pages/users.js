@@ -71,7 +71,7 @@ export async function render(view, _args, scope) {
     try {
       const audit = await get("/audit", { limit: 50 });
       auditBox.replaceChildren(table("Audit log", AUDIT_HEADERS, audit.map((a) => row(AUDIT_HEADERS, [
-        time(a.time), a.user || "–", h("code", {}, `${a.method} ${a.path}`), String(a.status), a.detail || "–",
+        h("span", { class: "nowrap" }, time(a.time)), a.user || "–", h("code", {}, `${a.method} ${a.path}`), String(a.status), a.detail || "–",
       ])), "Nothing recorded yet."));
     } catch (error) {
       auditBox.replaceChildren(h("p", { class: "inline-error" }, error.message));
