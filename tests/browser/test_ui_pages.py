@@ -329,3 +329,18 @@ def test_create_from_a_template(fake_ui: Ui) -> None:
     page.get_by_role("button", name="Create VM").click()
     expect(page.locator("form .inline-error")).to_contain_text("clone1")
     assert len(ui.daemon.call("GET", "/vms").json()) == 2
+
+
+def test_consoles_say_what_to_install_without_the_npm_packages(fake_ui: Ui) -> None:
+    ui, page = fake_ui, fake_ui.page
+    ui.add_user("olga", "operator")
+    assert ui.daemon.call("POST", "/vms", json={"name": "desk", "machine": "q35", "display": "vnc"}).status_code == 201
+    ui.daemon.ok("POST", "/vms/desk/start")
+    page.route("**/ui/vendor/**", lambda route: route.fulfill(status=404, body="not installed"))
+    ui.login("olga")
+    ui.goto("vms/desk")
+    page.get_by_role("button", name="Open console").click()
+    expect(page.locator(".console-status").first).to_contain_text("npm ci --prefix src/virtfleet/web")
+    page.get_by_role("button", name="Open graphical console").click()
+    expect(page.locator(".console-status").nth(1)).to_contain_text("scripts/install.sh")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()  # the rest of the page still works
