@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
 
 from tests.functional.conftest import fake_tiny_builder
 from tests.integration.conftest import Daemon, qemu_pids
@@ -76,10 +76,14 @@ class Ui:
                }""",
             [method, path, data])
 
-    def shot(self, name: str) -> Path:
+    def shot(self, name: str, part: Locator | None = None) -> Path:
+        """A screenshot of the whole page, or of one part of it."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        if part is not None:
+            part.screenshot(path=str(path))
+        else:
+            self.page.screenshot(path=str(path), full_page=True)
         return path
 
 

@@ -103,6 +103,7 @@ def test_admin_walks_every_page(fake_ui: Ui) -> None:
     page.get_by_role("button", name="Open console").click()
     expect(terminal).to_contain_text("VIRTFLEET-READY")
     ui.shot("vm-detail")
+    ui.shot("vm-charts", page.locator(".charts"))
 
     # Snapshots: take one (disk-only) and see it listed.
     page.get_by_label("Snapshot name").fill("before-upgrade")

@@ -63,11 +63,17 @@ export function lineChart({ title, series, from, to, format, gap = 60_000, binar
       points: run.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" "),
       fill: "none", stroke: COLORS[i], "stroke-width": 1.5, "stroke-linejoin": "round",
     })));
+  // The latest value as a dot: a VM that started a minute ago has a line too short to see in an hour's width.
+  const last = series.flatMap((s, i) => {
+    if (!s.points.length) return [];
+    const [t, v] = s.points[s.points.length - 1];
+    return [svg("circle", { cx: x(t), cy: y(v), r: 3, fill: COLORS[i], class: "last" })];
+  });
 
   const latest = series.map((s) => (s.points.length ? format(s.points[s.points.length - 1][1]) : "no data"));
   const summary = `${title}: ${series.map((s, i) => `${s.label} ${latest[i]}`).join(", ")}`;
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": summary, class: "chart" },
-    svg("title", {}, summary), ...grid, ...ticks, ...lines);
+    svg("title", {}, summary), ...grid, ...ticks, ...lines, ...last);
   return h("figure", { class: "chart-box" },
     h("figcaption", {}, title),
     chart,
