@@ -218,6 +218,12 @@ def test_roles_in_the_browser_and_the_api(fake_ui: Ui) -> None:
     answer = ui.api("POST", "/vms/ro1/stop")
     assert answer["status"] == 403, answer
     assert json.loads(answer["body"])["error"]["code"] == "forbidden"
+    # Nor a console, even when the page's script opens the WebSocket itself: 4403 = forbidden.
+    code = page.evaluate("""() => new Promise((resolve) => {
+        const ws = new WebSocket(`ws://${location.host}/api/v1/vms/ro1/console`);
+        ws.onclose = (event) => resolve(event.code);
+    })""")
+    assert code == 4403
     ui.shot("viewer-vm-detail")
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("heading", name="Log in to virtfleet")).to_be_visible()
