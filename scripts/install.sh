@@ -14,6 +14,10 @@ sudo=""
 packages=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 python3-venv python3-pip
           syslinux syslinux-common mtools dosfstools lvm2 thin-provisioning-tools
           nftables dnsmasq-base iproute2)
+# chromium: the web UI's browser tests (Playwright drives this one; it never downloads a browser of its own).
+if [ -n "$extras" ]; then packages+=(chromium); fi
+# node + npm install the web UI's front-end libraries; a node from elsewhere (e.g. with its own npm) is fine.
+if ! command -v npm >/dev/null 2>&1; then packages+=(nodejs npm); fi
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -26,4 +30,6 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv --system-site-packages .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+# The web UI's libraries (xterm.js, noVNC) from npm into src/virtfleet/web/node_modules, served as they are.
+npm ci --prefix src/virtfleet/web --no-audit --no-fund --loglevel=error
 echo "virtfleet installed: $(.venv/bin/virtfleet version)"

@@ -97,3 +97,10 @@ def test_openapi_document_is_served(api: Api) -> None:
     document = api.client.get("/openapi.json").json()
     assert "/api/v1/vms/{ref}/shutdown" in document["paths"]
     assert api.client.get("/api/v1/health").json()["status"] == "ok"
+
+
+def test_validator_messages_read_without_pydantics_prefix(api: Api) -> None:
+    response = api.client.post("/api/v1/networks", json={"name": "pub", "mode": "nat", "subnet": "8.8.8.0/24"})
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert message.startswith("subnet: ") and "Value error" not in message

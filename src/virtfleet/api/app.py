@@ -15,6 +15,7 @@ from virtfleet.api.events import router as events_router
 from virtfleet.api.metrics import router as metrics_router
 from virtfleet.api.networks import router as networks_router
 from virtfleet.api.storage import router as storage_router
+from virtfleet.api.web import router as web_router
 from virtfleet.config import Settings
 from virtfleet.images.catalog import Builder
 from virtfleet.server import Server
@@ -48,4 +49,5 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
     app.include_router(routes.router, prefix="/api/v1")
     app.include_router(console_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")
+    app.include_router(web_router)  # the web UI at / and /ui/
     return app

@@ -50,7 +50,9 @@ async def _virtfleet_error(_request: Request, error: Exception) -> JSONResponse:
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = [
-        {"field": _field_name(tuple(item.get("loc", ()))), "problem": str(item.get("msg", "invalid"))}
+        # pydantic prefixes our validators' messages with "Value error, ": the message alone reads better.
+        {"field": _field_name(tuple(item.get("loc", ()))),
+         "problem": str(item.get("msg", "invalid")).removeprefix("Value error, ")}
         for item in error.errors()
     ]
     first = problems[0] if problems else {"field": "body", "problem": "invalid request"}
