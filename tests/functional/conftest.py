@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from virtfleet.api.app import create_app
+from virtfleet.api.events import UvicornServer
 from virtfleet.config import Settings
 from virtfleet.drivers.base import DriverConfig
 from virtfleet.drivers.fake import FakeHost, fake_host_for
@@ -125,29 +126,51 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """uvicorn in a thread on the fake driver, for clients that need a real socket: (URL, data directory)."""
-    settings = make_settings(tmp_path / "data")
-    fake_tiny_builder(settings.images_dir / "tiny")
-    port = free_port()
-    config = uvicorn.Config(create_app(settings, builders={"tiny": fake_tiny_builder}), host="127.0.0.1",
-                            port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", settings.data_dir
-    server.should_exit = True
-    thread.join(10)
+class LiveServer:
+    """uvicorn in a thread on the fake driver, for clients that need a real socket (the CLI, schemathesis, SSE)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        settings = make_settings(data_dir)
+        fake_tiny_builder(settings.images_dir / "tiny")
+        self.app = create_app(settings, builders={"tiny": fake_tiny_builder})
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        # As `serve` does: open event streams end first on shutdown, so teardown never waits on one.
+        self.server = UvicornServer(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"),
+                                    self.app)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 @pytest.fixture
-def server_url(live_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> str:
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_url(live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> str:
     """A live server whose local admin token the CLI finds, as it would on the host itself."""
-    url, data_dir = live_server
-    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(live_server.data_dir))
     monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
-    return url
+    return live_server.url

@@ -11,12 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
-from tests.functional.conftest import Api, fake_tiny_builder, free_port, make_settings
-from virtfleet.api.app import create_app
-from virtfleet.api.events import UvicornServer
+from tests.functional.conftest import Api, LiveServer
 from virtfleet.cli.main import app as cli_app
 from virtfleet.client import parse_sse
 from virtfleet.events import EventBus
@@ -158,22 +155,7 @@ def test_viewers_may_follow_the_stream_and_anonymous_clients_may_not(api: Api) -
 
 
 # --- against a real uvicorn (what `virtfleet serve` runs) ---------------------------------------------------------
-class Served:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        settings = make_settings(data_dir)
-        fake_tiny_builder(settings.images_dir / "tiny")
-        self.app = create_app(settings, builders={"tiny": fake_tiny_builder})
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = UvicornServer(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"),
-                                    self.app)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {(self.data_dir / 'admin.token').read_text().strip()}"}
-
+class Served(LiveServer):
     @property
     def bus(self) -> EventBus:
         bus: EventBus = self.app.state.server.events
@@ -191,13 +173,9 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     served = Served(tmp_path / "data")
     monkeypatch.setenv("VIRTFLEET_DATA_DIR", str(served.data_dir))  # where the CLI finds the local admin token
     monkeypatch.delenv("VIRTFLEET_TOKEN", raising=False)
-    served.thread.start()
-    deadline = time.monotonic() + 10
-    while not served.server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    served.start()
     yield served
-    served.server.should_exit = True
-    served.thread.join(10)
+    served.stop()
 
 
 def test_shutdown_ends_open_streams_so_the_server_stops(served: Served) -> None:
