@@ -7,8 +7,6 @@ Screenshots of the main pages go to test-output/screenshots/ for a person to loo
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
 
 from tests.functional.conftest import fake_tiny_builder
-from tests.integration.conftest import Daemon, qemu_pids
+from tests.integration.conftest import Daemon, serving_tiny
 from virtfleet.api.web import VENDOR_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -142,15 +140,5 @@ def fake_ui(short_tmp: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fi
 @pytest.fixture
 def qemu_ui(short_tmp: Path, tiny_image_dir: Path, request: pytest.FixtureRequest) -> Iterator[Ui]:
     """A `virtfleet serve` on real QEMU (TCG) with the tiny image, and a browser on it."""
-    (short_tmp / "images").mkdir()
-    (short_tmp / "images" / "tiny").symlink_to(tiny_image_dir)
-    daemon = Daemon(short_tmp)
-    daemon.start()
-    try:
-        with browser(daemon, request) as ui:
-            yield ui
-    finally:
-        daemon.stop()
-        for pid in qemu_pids(short_tmp):  # never leave a guest behind, whatever the test did
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    with serving_tiny(short_tmp, tiny_image_dir) as daemon, browser(daemon, request) as ui:
+        yield ui

@@ -164,16 +164,23 @@ class Daemon:
         return vm
 
 
-@pytest.fixture
-def daemon(short_tmp: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
-    (short_tmp / "images").mkdir()
-    (short_tmp / "images" / "tiny").symlink_to(tiny_image_dir)
-    server = Daemon(short_tmp)
+@contextlib.contextmanager
+def serving_tiny(data_dir: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
+    """A `virtfleet serve` on `data_dir` with the built tiny image; stopped, with every guest it ran, at the end."""
+    (data_dir / "images").mkdir()
+    (data_dir / "images" / "tiny").symlink_to(tiny_image_dir)
+    server = Daemon(data_dir)
     server.start()
     try:
         yield server
     finally:
         server.stop()
-        for pid in qemu_pids(short_tmp):  # never leave a guest behind, whatever the test did
+        for pid in qemu_pids(data_dir):  # never leave a guest behind, whatever the test did
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon(short_tmp: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
+    with serving_tiny(short_tmp, tiny_image_dir) as server:
+        yield server
