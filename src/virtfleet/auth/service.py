@@ -32,6 +32,10 @@ SESSION_LIFETIME = timedelta(hours=12)
 # Failed logins allowed per user name within the window; then that name is refused until the window passes.
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_FAILURE_WINDOW = 60.0
+# How long a checked token or session is trusted without asking the database again. Every change made through this
+# server forgets them at once, so the window only delays changes made elsewhere (another server on the same store).
+CREDENTIAL_CACHE_SECONDS = 5.0
+_CACHE_LIMIT = 10_000
 
 
 def secret_hash(secret: str) -> str:
@@ -48,6 +52,7 @@ class AuthService:
         self.repo = AuthRepo(db)
         self._hasher = PasswordHasher()  # argon2id with the library's maintained defaults
         self._failures: dict[str, collections.deque[float]] = {}
+        self._checked: dict[str, tuple[float, Principal | None]] = {}
 
     # --- bootstrap -----------------------------------------------------------------------------------------------
     def ensure_local_admin(self, data_dir: Path) -> Path:
@@ -75,6 +80,7 @@ class AuthService:
                 self.repo.delete_token(token.id)
         secret = new_secret()
         self.repo.add_token(BOOTSTRAP_USER, BOOTSTRAP_TOKEN_NAME, secret_hash(secret), secret[:8])
+        self.forget_checked_credentials()
         partial = path.with_name(f".{path.name}.part")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -84,15 +90,39 @@ class AuthService:
 
     # --- credentials -> principal --------------------------------------------------------------------------------
     def by_token(self, secret: str) -> Principal | None:
-        user = self.repo.user_by_token(secret_hash(secret))
-        return Principal(name=user.name, role=user.role, via="token") if user is not None else None
+        return self._remembered("token", secret_hash(secret))
 
     def by_session(self, secret: str) -> Principal | None:
-        found = self.repo.session_by_secret(secret_hash(secret))
+        return self._remembered("session", secret_hash(secret))
+
+    def _remembered(self, via: str, hashed: str) -> Principal | None:
+        # Every API request checks its credentials: remembering the answer briefly saves a database round trip
+        # per request (bench/api.py measures it).
+        now = time.monotonic()
+        key = f"{via}:{hashed}"
+        checked = self._checked.get(key)
+        if checked is not None and now - checked[0] < CREDENTIAL_CACHE_SECONDS:
+            return checked[1]
+        principal = self._token_principal(hashed) if via == "token" else self._session_principal(hashed)
+        if len(self._checked) >= _CACHE_LIMIT:  # made-up credentials must not grow memory without bound
+            self._checked.clear()
+        self._checked[key] = (now, principal)
+        return principal
+
+    def _token_principal(self, hashed: str) -> Principal | None:
+        user = self.repo.user_by_token(hashed)
+        return Principal(name=user.name, role=user.role, via="token") if user is not None else None
+
+    def _session_principal(self, hashed: str) -> Principal | None:
+        found = self.repo.session_by_secret(hashed)
         if found is None:
             return None
         user, session_id, csrf = found
         return Principal(name=user.name, role=user.role, via="session", session_id=session_id, csrf_token=csrf)
+
+    def forget_checked_credentials(self) -> None:
+        """After any change to users, tokens or sessions: the next request asks the database again."""
+        self._checked.clear()
 
     async def login(self, name: str, password: str) -> tuple[str, Principal]:
         """Check a password (argon2, off the event loop); answer the new session's secret and its principal."""
@@ -119,6 +149,7 @@ class AuthService:
     def logout(self, principal: Principal) -> None:
         if principal.session_id is not None:
             self.repo.delete_session(principal.session_id)
+            self.forget_checked_credentials()
 
     def _verify(self, stored: str, password: str) -> bool:
         try:
@@ -140,6 +171,7 @@ class AuthService:
             self._keep_an_admin(name, "demote")
         hashed = await asyncio.to_thread(self.hash_password, password) if password is not None else None
         updated = self.repo.update_user(name, role=role, password_hash=hashed)
+        self.forget_checked_credentials()
         log.info("user '%s' changed by '%s'", name, actor.name)
         return updated
 
@@ -149,6 +181,7 @@ class AuthService:
         if self.repo.get_user(name).role is Role.ADMIN:
             self._keep_an_admin(name, "delete")
         self.repo.delete_user(name)
+        self.forget_checked_credentials()
 
     def _keep_an_admin(self, name: str, verb: str) -> None:
         if self.repo.count_admins() <= 1:
@@ -178,6 +211,7 @@ class AuthService:
         if token.user != actor.name and actor.role is not Role.ADMIN:
             raise NotFound("token", token_id)  # other users' tokens are not even visible
         self.repo.delete_token(token_id)
+        self.forget_checked_credentials()
 
 
 def same_secret(given: str | None, expected: str | None) -> bool:
