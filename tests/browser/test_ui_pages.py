@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import PHONE, Ui
+from tests.browser.conftest import PASSWORD, PHONE, Ui
 
 pytestmark = pytest.mark.browser
 
@@ -351,3 +351,21 @@ def test_consoles_say_what_to_install_without_the_npm_packages(fake_ui: Ui) -> N
     page.get_by_role("button", name="Open graphical console").click()
     expect(page.locator(".console-status").nth(1)).to_contain_text("scripts/install.sh")
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()  # the rest of the page still works
+
+
+def test_a_user_changes_their_own_password(fake_ui: Ui) -> None:
+    ui, page = fake_ui, fake_ui.page
+    ui.add_user("pia", "viewer")
+    ui.login("pia")
+    ui.nav("API tokens")
+    form = page.get_by_role("form", name="Change your password")
+    form.get_by_label("Current password").fill("not my password")
+    form.get_by_label("New password", exact=True).fill("brand new secret")
+    form.get_by_label("New password again").fill("brand new secret")
+    form.get_by_role("button", name="Change password").click()
+    expect(form.get_by_role("alert")).to_contain_text("not your current password")
+    form.get_by_label("Current password").fill(PASSWORD)
+    form.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("heading", name="Log in to virtfleet")).to_be_visible()
+    expect(page.get_by_text("Password changed: log in with the new one.")).to_be_visible()
+    ui.login("pia", "brand new secret")

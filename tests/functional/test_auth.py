@@ -224,3 +224,23 @@ def test_repeated_wrong_passwords_lock_the_name_for_a_while(api: Api) -> None:
         assert locked.status_code == 429 and "try again in" in locked.json()["error"]["message"]
         # Other names are not affected.
         assert client.post("/api/v1/auth/login", json={"username": "amy", "password": PASSWORD}).status_code == 200
+
+
+def test_users_change_their_own_password_by_proving_the_current_one(api: Api) -> None:
+    api.client.post("/api/v1/users", json={"name": "val", "role": "viewer", "password": PASSWORD})
+    with api.anonymous() as client:
+        csrf = client.post("/api/v1/auth/login", json={"username": "val", "password": PASSWORD}).json()["csrf_token"]
+        headers = {"X-CSRF-Token": csrf}
+        wrong = client.post("/api/v1/auth/password", headers=headers,
+                            json={"current_password": "not it", "new_password": "a new passphrase"})
+        assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "current_password"
+        short = client.post("/api/v1/auth/password", headers=headers,
+                            json={"current_password": PASSWORD, "new_password": "short"})
+        assert short.status_code == 422 and short.json()["error"]["field"] == "new_password"
+        changed = client.post("/api/v1/auth/password", headers=headers,
+                              json={"current_password": PASSWORD, "new_password": "a new passphrase"})
+        assert changed.status_code == 204
+        assert client.get("/api/v1/auth/me").status_code == 401  # the session ended with the old password
+        assert client.post("/api/v1/auth/login", json={"username": "val", "password": PASSWORD}).status_code == 401
+        again = client.post("/api/v1/auth/login", json={"username": "val", "password": "a new passphrase"})
+        assert again.status_code == 200 and again.json()["role"] == "viewer"

@@ -13,6 +13,7 @@ from virtfleet.api.routes import ServerDep
 from virtfleet.auth.service import SESSION_LIFETIME
 from virtfleet.errors import AuthenticationFailed, TooManyAttempts
 from virtfleet.model.auth import (
+    MIN_PASSWORD_LENGTH,
     ApiToken,
     AuditEntry,
     NewToken,
@@ -79,6 +80,22 @@ async def me(principal: PrincipalDep) -> Me:
 async def logout(principal: PrincipalDep, server: ServerDep, response: Response) -> Response:
     server.auth.logout(principal)
     response.status_code = 204
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+class PasswordChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
+
+
+@router.post("/auth/password", status_code=204, tags=["auth"])
+async def change_password(body: PasswordChangeIn, principal: PrincipalDep, server: ServerDep) -> Response:
+    """Change your own password; every web session of yours ends (log in again with the new one)."""
+    await server.auth.change_own_password(principal, body.current_password, body.new_password)
+    response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 

@@ -125,7 +125,25 @@ class AuthService:
         self._checked.clear()
 
     async def login(self, name: str, password: str) -> tuple[str, Principal]:
-        """Check a password (argon2, off the event loop); answer the new session's secret and its principal."""
+        """Check a password; answer the new session's secret and its principal."""
+        await self._check_password(name, password)
+        user = self.repo.get_user(name)
+        secret, csrf = new_secret(), secrets.token_urlsafe(32)
+        session_id = self.repo.add_session(name, secret_hash(secret), csrf, SESSION_LIFETIME)
+        return secret, Principal(name=user.name, role=user.role, via="session", session_id=session_id,
+                                 csrf_token=csrf)
+
+    async def change_own_password(self, principal: Principal, current: str, new: str) -> None:
+        """Anyone may change their own password by proving the current one (this ends all their web sessions)."""
+        try:
+            await self._check_password(principal.name, current)
+        except AuthenticationFailed:
+            # Not a 401: the caller is authenticated (and a 401 would send the web UI back to its login page).
+            raise InvalidSpec("current_password", "that is not your current password") from None
+        await self.update_user(principal, principal.name, None, new)
+
+    async def _check_password(self, name: str, password: str) -> None:
+        """argon2 off the event loop; five failures for one name within a minute lock it for the rest of it."""
         failures = self._failures.setdefault(name, collections.deque(maxlen=LOGIN_FAILURES_ALLOWED))
         now = time.monotonic()
         if len(failures) == LOGIN_FAILURES_ALLOWED and now - failures[0] < LOGIN_FAILURE_WINDOW:
@@ -140,11 +158,6 @@ class AuthService:
                 self._failures.clear()
             raise AuthenticationFailed("wrong user name or password")
         self._failures.pop(name, None)
-        user = self.repo.get_user(name)
-        secret, csrf = new_secret(), secrets.token_urlsafe(32)
-        session_id = self.repo.add_session(name, secret_hash(secret), csrf, SESSION_LIFETIME)
-        return secret, Principal(name=user.name, role=user.role, via="session", session_id=session_id,
-                                 csrf_token=csrf)
 
     def logout(self, principal: Principal) -> None:
         if principal.session_id is not None:

@@ -103,7 +103,7 @@ async function start() {
     live.textContent = LIVE_TEXT[status];
     live.dataset.status = status;
   });
-  onUnauthenticated(() => loggedOut("Please log in (your session ended)."));
+  onUnauthenticated((message) => loggedOut(message || "Please log in (your session ended)."));
   document.getElementById("logout").addEventListener("click", async () => {
     try {
       await post("/auth/logout");

@@ -13,11 +13,16 @@ export class ApiError extends Error {
   }
 }
 
-let unauthenticated = () => {};
+let unauthenticated = (_message) => {};
 
 /** What to do when the server answers 401 (the session expired or was never there): show the login page. */
 export function onUnauthenticated(handler) {
   unauthenticated = handler;
+}
+
+/** The server ended our session on purpose (a new password): back to the login page, saying why. */
+export function endSession(message) {
+  unauthenticated(message);
 }
 
 function url(path, query) {

@@ -1,6 +1,6 @@
 // API tokens for scripts and the CLI: everyone manages their own, admins everyone's. A secret is shown once.
 
-import { del, get, post, seg } from "../api.js";
+import { del, endSession, get, post, seg } from "../api.js";
 import { field, h, row, section, select, table } from "../dom.js";
 import { time } from "../format.js";
 import { inlineError, showError } from "../notices.js";
@@ -16,7 +16,8 @@ export async function render(view) {
   view.append(h("h1", { tabindex: "-1" }, "API tokens"),
     h("p", { class: "muted" }, "Scripts and the CLI send a token as `Authorization: Bearer …` "
       + "(or VIRTFLEET_TOKEN); it acts with its user's role."),
-    secretBox, section("Tokens", listBox), section("New token", tokenForm(users, secretBox, () => load())));
+    secretBox, section("Tokens", listBox), section("New token", tokenForm(users, secretBox, () => load())),
+    session.via === "session" ? section("Your password", passwordForm()) : null);
 
   const removeButton = (token) => {
     const button = h("button", { type: "button", class: "small danger", "aria-label": `Revoke token ${token.name}` },
@@ -68,6 +69,34 @@ function tokenForm(users, secretBox, onCreated) {
       secret.select();
       form.reset();
       onCreated();
+    } catch (error) {
+      inlineError(form, error);
+    }
+  });
+  return form;
+}
+
+function passwordForm() {
+  const current = h("input", { name: "current_password", type: "password", required: true,
+    autocomplete: "current-password" });
+  const fresh = h("input", { name: "new_password", type: "password", required: true, minlength: "8",
+    autocomplete: "new-password" });
+  const again = h("input", { name: "confirm_password", type: "password", required: true, minlength: "8",
+    autocomplete: "new-password" });
+  const form = h("form", { "aria-label": "Change your password" },
+    field("Current password", current), field("New password", fresh, "at least 8 characters"),
+    field("New password again", again),
+    h("div", { class: "buttons" }, h("button", { type: "submit" }, "Change password")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    inlineError(form, null);
+    if (fresh.value !== again.value) {
+      inlineError(form, new Error("the two new passwords differ"));
+      return;
+    }
+    try {
+      await post("/auth/password", { current_password: current.value, new_password: fresh.value });
+      endSession("Password changed: log in with the new one.");
     } catch (error) {
       inlineError(form, error);
     }
