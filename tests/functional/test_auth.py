@@ -244,3 +244,14 @@ def test_users_change_their_own_password_by_proving_the_current_one(api: Api) ->
         assert client.post("/api/v1/auth/login", json={"username": "val", "password": PASSWORD}).status_code == 401
         again = client.post("/api/v1/auth/login", json={"username": "val", "password": "a new passphrase"})
         assert again.status_code == 200 and again.json()["role"] == "viewer"
+
+
+def test_the_audit_log_keeps_a_year(api: Api) -> None:
+    repo = api.app.state.server.auth.repo
+    repo.audit("old", "POST", "/api/v1/vms", 201)
+    with sqlite3.connect(api.settings.data_dir / "virtfleet.db") as db:
+        db.execute("UPDATE audit_log SET time = '2020-01-01 00:00:00.000000' WHERE user = 'old'")
+    repo.audit("new", "POST", "/api/v1/vms", 201)
+    assert repo.prune_audit() == 1
+    users = {e["user"] for e in api.client.get("/api/v1/audit", params={"limit": 1000}).json()}
+    assert "new" in users and "old" not in users

@@ -59,6 +59,7 @@ class AuthService:
         """Make DATA_DIR/admin.token hold a working admin token (mode 0600): whoever can read the data directory
         owns the host anyway, and the CLI on this host needs no login. A fresh install gets user 'admin' (no
         password: set one with `virtfleet user passwd admin` to log in to the web UI)."""
+        self.repo.prune_audit()
         path = data_dir / TOKEN_FILE
         try:
             current = path.read_text().strip()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from virtfleet.errors import Conflict, NotFound
@@ -15,6 +17,9 @@ from virtfleet.store.tables import AuditRow, SessionRow, TokenRow, UserRow
 
 # A token's last use is written at most this often: reads must not turn into a write per request.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+# The audit log keeps a year; older entries go at start-up and every _PRUNE_EVERY writes.
+AUDIT_RETENTION = timedelta(days=365)
+_PRUNE_EVERY = 1000
 
 
 def _user(row: UserRow) -> User:
@@ -30,6 +35,7 @@ def _token(row: TokenRow) -> ApiToken:
 class AuthRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._audit_writes = 0
 
     # --- users -------------------------------------------------------------------------------------------------
     def add_user(self, name: str, role: Role, password_hash: str | None) -> User:
@@ -149,6 +155,16 @@ class AuthRepo:
         with self.db.session() as session:
             session.add(AuditRow(time=utcnow(), user=user, method=method, path=path[:2048], status=status,
                                  detail=detail[:1024]))
+        self._audit_writes += 1
+        if self._audit_writes % _PRUNE_EVERY == 0:
+            self.prune_audit()
+
+    def prune_audit(self, keep: timedelta = AUDIT_RETENTION) -> int:
+        """Drop audit entries older than `keep`; answers how many went."""
+        with self.db.session() as session:
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]  # a DELETE gives a cursor
+                delete(AuditRow).where(AuditRow.time < utcnow() - keep))
+            return int(result.rowcount or 0)
 
     def audit_entries(self, *, user: str | None = None, limit: int = 100,
                       since: datetime | None = None) -> list[AuditEntry]:
