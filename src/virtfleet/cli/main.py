@@ -83,6 +83,10 @@ def serve(
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None)
     server = UvicornServer(config, api)
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"web UI: {'https' if tls_cert else 'http'}://{shown}:{port}/ (a login needs a password: "
+              "`virtfleet user passwd admin`); the CLI on this host uses the token in "
+              f"{settings.data_dir / 'admin.token'}")
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:
