@@ -74,6 +74,16 @@ def _event(row: EventRow) -> Event:
     return Event(id=row.id, vm_id=row.vm_id, time=as_utc(row.time), kind=row.kind, message=row.message)
 
 
+def _insert_vm(session: Session, row: VmRow, kind: str, message: str) -> tuple[Vm, Event]:
+    """Insert a VM row with the first line of its event log."""
+    session.add(row)
+    session.flush()  # no ORM relationship orders the inserts, so the VM row goes first
+    event_row = EventRow(vm_id=row.id, time=row.created_at, kind=kind, message=message)
+    session.add(event_row)
+    session.flush()  # the event's id, for the event stream
+    return _vm(row), _event(event_row)
+
+
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -144,12 +154,7 @@ class Database:
                 created_at=now,
                 updated_at=now,
             )
-            session.add(row)
-            session.flush()  # no ORM relationship orders the inserts, so the VM row goes first
-            event_row = EventRow(vm_id=row.id, time=now, kind="created", message=f"created on {host}")
-            session.add(event_row)
-            session.flush()
-            vm, event = _vm(row), _event(event_row)
+            vm, event = _insert_vm(session, row, "created", f"created on {host}")
         self._vm_changed(vm)
         self._event_added(event)
         return vm
@@ -166,12 +171,7 @@ class Database:
                 id=vm_id, name=name, spec_json=spec.model_dump_json(), spec_version=SPEC_SCHEMA_VERSION,
                 state=state.value, state_reason=reason, host=host, accel="", created_at=now, updated_at=now,
             )
-            session.add(row)
-            session.flush()
-            event_row = EventRow(vm_id=vm_id, time=now, kind="adopted", message=reason)
-            session.add(event_row)
-            session.flush()
-            vm, event = _vm(row), _event(event_row)
+            vm, event = _insert_vm(session, row, "adopted", reason)
         self._vm_changed(vm)
         self._event_added(event)
         return vm
