@@ -60,6 +60,7 @@ def test_viewer_reads_but_cannot_change_start_or_open_a_console(api: Api) -> Non
     assert api.client.get("/api/v1/jobs", headers=viewer).status_code == 200
     for method, path in [("POST", "/api/v1/vms/web/stop"), ("POST", "/api/v1/vms/web/start"),
                          ("DELETE", "/api/v1/vms/web"), ("POST", "/api/v1/vms"), ("GET", "/api/v1/vms/web/logs"),
+                         ("GET", "/api/v1/volumes/default/anything/data"),
                          ("GET", "/api/v1/users"), ("GET", "/api/v1/audit"), ("POST", "/api/v1/pools/default/volumes")]:
         response = api.client.request(method, path, headers=viewer, json={})
         assert response.status_code == 403, (method, path, response.text)

@@ -20,6 +20,8 @@ from virtfleet.model.auth import Role
     ("GET", "/api/v1/vms", Role.VIEWER),
     ("GET", "/api/v1/vms/web/metrics", Role.VIEWER),
     ("GET", "/api/v1/vms/web/logs", Role.OPERATOR),
+    ("GET", "/api/v1/volumes/default/disk1/data", Role.OPERATOR),
+    ("GET", "/api/v1/volumes/default/disk1", Role.VIEWER),
     (WEBSOCKET, "/api/v1/vms/web/console", Role.OPERATOR),
     (WEBSOCKET, "/api/v1/vms/web/vnc", Role.OPERATOR),
     ("POST", "/api/v1/vms/web/start", Role.OPERATOR),

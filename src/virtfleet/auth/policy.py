@@ -41,6 +41,7 @@ RULES: tuple[Rule, ...] = (
     _rule(_UNSAFE, r"/pools(/[^/]+)?", Role.ADMIN),  # pools and networks shape the host
     _rule(_UNSAFE, r"/networks(/.*)?", Role.ADMIN),
     _rule("GET HEAD", r"/vms/[^/]+/logs", Role.OPERATOR),  # console output is console access
+    _rule("GET HEAD", r"/volumes/[^/]+/[^/]+/data", Role.OPERATOR),  # a disk's contents, not its description
     _rule("GET HEAD OPTIONS", r".*", Role.VIEWER),
     _rule("*", r".*", Role.OPERATOR),  # every change, and every WebSocket (they are all consoles)
 )

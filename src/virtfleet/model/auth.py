@@ -15,7 +15,7 @@ MIN_PASSWORD_LENGTH = 8
 class Role(enum.StrEnum):
     """Ordered: each role may do everything the ones before it may."""
 
-    VIEWER = "viewer"  # reads everything but consoles and console logs
+    VIEWER = "viewer"  # reads everything but consoles, console logs and disk contents
     OPERATOR = "operator"  # + manages VMs, volumes, snapshots, images; opens consoles
     ADMIN = "admin"  # + users, pools, networks, the audit log
 
