@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -13,9 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from virtfleet.config import DEFAULT_URL, Settings
-
-TOKEN_FILE = "admin.token"  # written by `virtfleet serve` into its data directory (mode 0600)
+from virtfleet.config import ADMIN_TOKEN_FILE, DEFAULT_URL, Settings, is_loopback
 
 
 def default_token(url: str, data_dir: Path | None = None) -> str | None:
@@ -23,14 +20,9 @@ def default_token(url: str, data_dir: Path | None = None) -> str | None:
     loopback, the admin token `serve` keeps in its data directory (readable only by whoever owns the host)."""
     if token := os.environ.get("VIRTFLEET_TOKEN", "").strip():
         return token
-    host = urlsplit(url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(urlsplit(url).hostname or ""):
         return None
-    path = (data_dir or Settings.from_env().data_dir) / TOKEN_FILE
+    path = (data_dir or Settings.from_env().data_dir) / ADMIN_TOKEN_FILE
     try:
         return path.read_text().strip() or None
     except OSError:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8470
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or "localhost" (not for a name that merely resolves to one)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def default_data_dir() -> Path:
@@ -43,6 +53,10 @@ class Settings:
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'virtfleet.db'}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / ADMIN_TOKEN_FILE
 
     @property
     def run_dir(self) -> Path:

@@ -67,7 +67,7 @@ class Server:
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
         sampler = MetricsSampler(db, driver, settings.metrics_interval)
         auth = AuthService(db)
-        auth.ensure_local_admin(settings.data_dir)
+        auth.ensure_local_admin(settings.admin_token_path)
         return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler,
                    sampler, auth, events)
 

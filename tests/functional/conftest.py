@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.conftest import free_port
 from virtfleet.api.app import create_app
 from virtfleet.api.events import UvicornServer
 from virtfleet.config import Settings
@@ -108,7 +108,7 @@ def open_api(data_dir: Path, *, build_image: bool = True) -> Iterator[Api]:
     app = create_app(settings, builders={"tiny": fake_tiny_builder})
     with TestClient(app) as client:
         # `serve` writes the local admin token on first start; the tests act as that admin unless they say otherwise.
-        token = (settings.data_dir / "admin.token").read_text().strip()
+        token = settings.admin_token_path.read_text().strip()
         client.headers["Authorization"] = f"Bearer {token}"
         if build_image:
             fake_tiny_builder(settings.images_dir / "tiny")
@@ -120,18 +120,12 @@ def api(tmp_path: Path) -> Iterator[Api]:
     yield from open_api(tmp_path / "data")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class LiveServer:
     """uvicorn in a thread on the fake driver, for clients that need a real socket (the CLI, schemathesis, SSE)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        settings = make_settings(data_dir)
+        settings = self.settings = make_settings(data_dir)
         fake_tiny_builder(settings.images_dir / "tiny")
         self.app = create_app(settings, builders={"tiny": fake_tiny_builder})
         port = free_port()
@@ -153,7 +147,7 @@ class LiveServer:
 
     @property
     def token(self) -> str:
-        return (self.data_dir / "admin.token").read_text().strip()
+        return self.settings.admin_token_path.read_text().strip()
 
     @property
     def auth(self) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from tests.functional.conftest import free_port
+from tests.conftest import free_port
 from virtfleet.cli.main import app as cli_app
 
 

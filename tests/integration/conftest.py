@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from virtfleet.drivers.base import BOOT_SEPARATOR
 
 READY = "VIRTFLEET-READY"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def qemu_pids(data_dir: Path) -> list[int]:

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from virtfleet.api.errors import error_body, status_for
+from virtfleet.api.errors import error_body, status_for, ws_close_code
 from virtfleet.auth.policy import SAFE_METHODS, WEBSOCKET, is_audited, required_role
 from virtfleet.auth.service import AuthService, same_secret
 from virtfleet.errors import AuthenticationFailed, Forbidden, VirtfleetError
@@ -24,7 +24,6 @@ from virtfleet.model.auth import Principal, Role
 
 SESSION_COOKIE = "vf_session"
 CSRF_HEADER = "x-csrf-token"
-_WS_ERROR_BASE = 4000
 
 
 def authenticate(auth: AuthService, connection: HTTPConnection, method: str) -> Principal:
@@ -126,11 +125,11 @@ class AuthMiddleware:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, error: VirtfleetError) -> None:
-    status = status_for(error)
     if scope["type"] == "websocket":
         websocket = WebSocket(scope, receive, send)
         await websocket.accept()
-        await websocket.close(code=_WS_ERROR_BASE + status, reason=error.message[:120])
+        await websocket.close(code=ws_close_code(error), reason=error.message[:120])
         return
+    status = status_for(error)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     await JSONResponse(error_body(error.code, error.message), status, headers=headers)(scope, receive, send)

@@ -15,17 +15,13 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from virtfleet.api.errors import status_for
+from virtfleet.api.errors import ws_close_code
 from virtfleet.drivers.base import ConsoleStreams
 from virtfleet.errors import VirtfleetError
 from virtfleet.model.vm import Vm
 from virtfleet.server import Server
 
 router = APIRouter()
-
-# WebSocket close codes in the private range: 4000 + the HTTP status the same error gets over REST.
-_WS_ERROR_BASE = 4000
-
 
 async def _attach(
     websocket: WebSocket, opener: Callable[[str], Awaitable[tuple[Vm, ConsoleStreams]]], ref: str,
@@ -36,7 +32,7 @@ async def _attach(
     try:
         return await opener(ref)
     except VirtfleetError as error:
-        await websocket.close(code=_WS_ERROR_BASE + status_for(error), reason=error.message[:120])
+        await websocket.close(code=ws_close_code(error), reason=error.message[:120])
         return None
 
 

@@ -28,6 +28,14 @@ def status_for(error: errors.VirtfleetError) -> int:
     return 400
 
 
+# WebSocket close codes in the private range: 4000 + the HTTP status the same error gets over REST (4401, 4404...).
+WS_ERROR_BASE = 4000
+
+
+def ws_close_code(error: errors.VirtfleetError) -> int:
+    return WS_ERROR_BASE + status_for(error)
+
+
 def error_body(code: str, message: str, **details: object) -> dict[str, object]:
     return {"error": {"code": code, "message": message, **details}}
 

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX = "vf_"
 BOOTSTRAP_USER = "admin"
 BOOTSTRAP_TOKEN_NAME = "local-admin"
-TOKEN_FILE = "admin.token"
 SESSION_LIFETIME = timedelta(hours=12)
 # Failed logins allowed per user name within the window; then that name is refused until the window passes.
 LOGIN_FAILURES_ALLOWED = 5
@@ -55,12 +54,11 @@ class AuthService:
         self._checked: dict[str, tuple[float, Principal | None]] = {}
 
     # --- bootstrap -----------------------------------------------------------------------------------------------
-    def ensure_local_admin(self, data_dir: Path) -> Path:
-        """Make DATA_DIR/admin.token hold a working admin token (mode 0600): whoever can read the data directory
-        owns the host anyway, and the CLI on this host needs no login. A fresh install gets user 'admin' (no
+    def ensure_local_admin(self, path: Path) -> Path:
+        """Make `path` (DATA_DIR/admin.token) hold a working admin token (mode 0600): whoever can read the data
+        directory owns the host anyway, and the CLI on this host needs no login. A fresh install gets user 'admin' (no
         password: set one with `virtfleet user passwd admin` to log in to the web UI)."""
         self.repo.prune_audit()
-        path = data_dir / TOKEN_FILE
         try:
             current = path.read_text().strip()
         except OSError:

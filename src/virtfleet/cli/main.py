@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from virtfleet.cli import image, jobs, network, storage, users, vm
 from virtfleet.cli.demo import demo
 from virtfleet.cli.events import events
 from virtfleet.cli.output import JsonOption, err, fail, out, run, state
-from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings
+from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings, is_loopback
 
 app = typer.Typer(
     help="virtfleet: run QEMU/KVM virtual machines on one host or a fleet.",
@@ -70,11 +69,7 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", as_json=False)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and tls_cert is None:
+    if not is_loopback(host) and tls_cert is None:
         err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS: passwords, session cookies and "
                   "API tokens cross the network in clear text; pass --tls-cert and --tls-key")
     settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
@@ -86,7 +81,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     err.print(f"web UI: {'https' if tls_cert else 'http'}://{shown}:{port}/ (a login needs a password: "
               "`virtfleet user passwd admin`); the CLI on this host uses the token in "
-              f"{settings.data_dir / 'admin.token'}")
+              f"{settings.admin_token_path}")
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:

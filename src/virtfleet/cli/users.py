@@ -8,7 +8,6 @@ from typing import Any
 import typer
 
 from virtfleet.cli.output import JsonOption, fail, out, run, table
-from virtfleet.model.auth import MIN_PASSWORD_LENGTH
 
 users = typer.Typer(help="Users and roles: viewer (read only), operator (manage VMs), admin (everything).",
                     no_args_is_help=True)
@@ -25,8 +24,6 @@ def _read_password(from_stdin: bool, *, as_json: bool) -> str:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         fail("no password: pass --password-stdin and pipe it in, or run in a terminal", as_json=as_json)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        fail(f"password: at least {MIN_PASSWORD_LENGTH} characters", as_json=as_json)
     return password
 
 
