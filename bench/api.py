@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vfa-", dir="/tmp"))
     try:
         with serving(root / "auth", auth=True) as (auth_url, _), serving(root / "open", auth=False) as (open_url, _):
-            token = (root / "auth" / "admin.token").read_text().strip()
+            token = Settings(data_dir=root / "auth").admin_token_path.read_text().strip()
             headers = {"Authorization": f"Bearer {token}"}
             clients = {"with auth": httpx.Client(base_url=auth_url, headers=headers, timeout=30),
                        "without auth": httpx.Client(base_url=open_url, timeout=30)}

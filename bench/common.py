@@ -28,6 +28,7 @@ from rich.console import Console
 
 from virtfleet import __version__
 from virtfleet.client import ApiError, Client
+from virtfleet.config import Settings
 
 
 class BenchError(Exception):
@@ -328,7 +329,7 @@ class Serve:
 
     def token(self) -> str:
         """The local admin token serve wrote into its data directory on first start."""
-        return (self.data_dir / "admin.token").read_text().strip()
+        return Settings(data_dir=self.data_dir).admin_token_path.read_text().strip()
 
     def rss_kib(self) -> int:
         value = proc_status_kib(self.pid)
