@@ -17,6 +17,7 @@ from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.events import EventBus
 from virtfleet.images.catalog import Builder, ImageCatalog
 from virtfleet.jobs.networks import NetworkService
+from virtfleet.jobs.recovery import Recovery
 from virtfleet.jobs.runner import JobRunner
 from virtfleet.jobs.snapshots import SnapshotService
 from virtfleet.jobs.storage import StorageService
@@ -24,6 +25,7 @@ from virtfleet.jobs.vm_disks import DiskResolver, vm_using
 from virtfleet.jobs.vm_templates import VmTemplates
 from virtfleet.jobs.vms import VmService, host_name
 from virtfleet.store.db import Database
+from virtfleet.store.intent_repo import IntentLog
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Server:
     db: Database
     driver: Driver
     runner: JobRunner
+    recovery: Recovery
     images: ImageCatalog
     storage: StorageService
     networks: NetworkService
@@ -55,9 +58,12 @@ class Server:
         db.listener = events.publish
         driver = create_driver(settings.driver, DriverConfig(settings.run_dir, settings.qemu_binary))
         runner = JobRunner(db)
+        intents = IntentLog(db)
+        recovery = Recovery(db, intents)
         images = ImageCatalog(settings.images_dir, builders)
         host = host_name()
-        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path))
+        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path), intents)
+        storage.register_recovery(recovery)
         storage.ensure_default_pool(settings.default_pool)
         disks = DiskResolver(db, storage, settings.data_dir / "seeds")
         networks = NetworkService(db, settings.data_dir / "networks")
@@ -68,12 +74,16 @@ class Server:
         sampler = MetricsSampler(db, driver, settings.metrics_interval)
         auth = AuthService(db)
         auth.ensure_local_admin(settings.admin_token_path)
-        return cls(settings, db, driver, runner, images, storage, networks, vms, templates, snapshots, reconciler,
-                   sampler, auth, events)
+        return cls(settings, db, driver, runner, recovery, images, storage, networks, vms, templates, snapshots,
+                   reconciler, sampler, auth, events)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:
             log.warning("%s", problem)
+        # Before anything else reads the store: operations the last daemon left half done are finished or rolled
+        # back, so the jobs and the reconcile pass below see one consistent picture.
+        for problem in await self.recovery.run():
+            log.error("%s", problem)
         await self.reconciler.recover()
         info = await self.driver.host_info()
         if not info.kvm_usable:

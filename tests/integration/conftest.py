@@ -60,6 +60,17 @@ class Daemon:
     host: str = "127.0.0.1"
     netns: str | None = None  # run inside this network namespace (listening on `host`, reachable from here)
     token: str = ""  # the local admin token `serve` wrote into the data directory
+    env: dict[str, str] = field(default_factory=dict)  # extra environment, e.g. VIRTFLEET_FAILPOINTS
+
+    def arm(self, *failpoints: str) -> None:
+        """The next start dies (SIGKILL) at the first of these failpoints it reaches; none: it runs normally."""
+        self.env["VIRTFLEET_FAILPOINTS"] = ",".join(failpoints)
+
+    def wait_killed(self, timeout: float = 60) -> None:
+        """Wait for the daemon to have killed itself at an armed failpoint."""
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        assert code == -signal.SIGKILL, f"serve exited with {code}, not at a failpoint"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -75,7 +86,7 @@ class Daemon:
                    "--data-dir", str(self.data_dir)]
         if self.netns is not None:
             command = ["ip", "netns", "exec", self.netns, *command]
-        env = {**os.environ, "VIRTFLEET_METRICS_INTERVAL": "0.5"}  # charts fill up within a test
+        env = {**os.environ, "VIRTFLEET_METRICS_INTERVAL": "0.5", **self.env}  # charts fill up within a test
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, env=env)
         deadline = time.monotonic() + 30

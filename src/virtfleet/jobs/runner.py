@@ -1,7 +1,10 @@
-"""The job runner: persist -> lock the target -> execute in the background -> record the outcome.
+"""The job runner: persist -> lock what the job touches -> execute in the background -> record the outcome.
 
-Locking is per target (a VM id, an image name): a second job on a busy target is refused at once with 409 and the
-id of the job that holds it, rather than queued behind it, so clients never wait on something they cannot see.
+Locking is per object (a VM id, a volume): a job locks its target and every other object it touches (a VM with the
+volumes it attaches, a volume with the VM that uses it), all at once or none; a second job on a busy object is refused
+at once with 409 and the id of the job that holds it, rather than queued behind it, so clients never wait on
+something they cannot see. Work re-checks the state it depends on once it runs: the locks guarantee nothing changed
+it since, except what happened before the job was submitted.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from virtfleet.errors import Busy, VirtfleetError
@@ -36,7 +39,8 @@ Work = Callable[[JobContext], Awaitable[str]]  # returns the final message
 class JobRunner:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._active: dict[str, Job] = {}  # target -> job holding it
+        self._active: dict[str, Job] = {}  # locked object -> job holding it
+        self._held: dict[str, list[str]] = {}  # job id -> the objects it locked
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when finished
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -48,11 +52,19 @@ class JobRunner:
         if holder is not None:
             raise Busy(label, holder.id, holder.kind)
 
-    def submit(self, kind: str, target: str, label: str, work: Work) -> Job:
-        """Persist a job and start it; raises Busy if `target` already has one running."""
-        self.check_free(target, label)
+    def submit(self, kind: str, target: str, label: str, work: Work, *, locks: Mapping[str, str] | None = None
+               ) -> Job:
+        """Persist a job and start it; raises Busy if `target` or any of `locks` (key -> label) has a job running.
+
+        Every key is checked before any is taken, and the loop does not yield in between: two submissions can never
+        each hold half of what they need."""
+        keys = {target: label, **(locks or {})}
+        for key, key_label in keys.items():
+            self.check_free(key, key_label)
         job = self._db.add_job(kind, target)
-        self._active[target] = job
+        for key in keys:
+            self._active[key] = job
+        self._held[job.id] = list(keys)
         self._done[job.id] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._run(job, work), name=f"job-{kind}-{job.id}")
         self._tasks.add(task)
@@ -77,7 +89,8 @@ class JobRunner:
             self._db.update_job(job.id, status=JobStatus.FAILED, message="failed",
                                 error=f"internal error: {detail}", error_code="internal")
         finally:
-            self._active.pop(job.target, None)
+            for key in self._held.pop(job.id):
+                del self._active[key]
             self._done.pop(job.id).set()
 
     async def wait(self, job_id: str, timeout: float) -> Job:

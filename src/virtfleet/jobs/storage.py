@@ -14,12 +14,14 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from virtfleet import failpoints
 from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
+from virtfleet.jobs.recovery import Outcome, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.model.job import Job
 from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
@@ -27,6 +29,7 @@ from virtfleet.storage import qemu_img, transfer
 from virtfleet.storage.archive import extract_ova_disks
 from virtfleet.storage.backends import PoolBackend, create_backend, default_mount_path
 from virtfleet.store.db import Database
+from virtfleet.store.intent_repo import Intent, IntentLog
 from virtfleet.store.storage_repo import StorageRepo
 
 DEFAULT_POOL = "default"
@@ -46,8 +49,10 @@ AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM us
 
 
 class StorageService:
-    def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup) -> None:
+    def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup,
+                 intents: IntentLog) -> None:
         self.repo = StorageRepo(db)
+        self.intents = intents
         self.runner = runner
         self.data_dir = data_dir
         self.attached_to = attached_to
@@ -173,8 +178,11 @@ class StorageService:
         backend = self._check_new(pool, spec.name, spec.format, spec.size)
 
         def work(context: JobContext) -> str:
-            path = backend.create_volume(spec.name, spec.format, spec.size)
-            self.repo.add_volume(pool.name, spec.name, spec.format, spec.size, str(path))
+            with self.new_volume(pool, spec.name, context.job.id):
+                failpoints.hit("volume.create.after-intent")
+                path = backend.create_volume(spec.name, spec.format, spec.size)
+                failpoints.hit("volume.create.after-file")
+                self.repo.add_volume(pool.name, spec.name, spec.format, spec.size, str(path))
             return f"created volume {pool.name}/{spec.name} ({spec.format}, {spec.size} bytes)"
 
         return self._submit("volume.create", f"{pool.name}/{spec.name}", work)
@@ -256,20 +264,24 @@ class StorageService:
         new_ref = f"{pool.name}/{new_name}"
 
         def work(context: JobContext) -> str:
-            if linked:
-                if backend.supports_backing_files:
-                    path = backend.create_volume(new_name, "qcow2", source.size, backing=Path(source.path),
-                                                 backing_format=source.format)
-                else:
-                    path = backend.snapshot_volume(new_name, source.name)  # type: ignore[attr-defined]
-                self.repo.add_volume(pool.name, new_name, fmt, source.size, str(path), base_id=source.id)
-                return f"linked clone {new_ref} of {source.ref}"
-            final = backend.volume_path(new_name)
-            with transfer.atomic_destination(final) as temp:
-                temp.unlink(missing_ok=True)  # qemu-img convert creates its own target
-                qemu_img.convert(Path(source.path), source.format, temp, fmt, direct=True,
-                                 progress=lambda pct: context.progress(int(pct), f"copying {source.ref}: {pct:.0f}%"))
-            self.repo.add_volume(pool.name, new_name, fmt, source.size, str(final))
+            with self.new_volume(pool, new_name, context.job.id):
+                if linked:
+                    if backend.supports_backing_files:
+                        path = backend.create_volume(new_name, "qcow2", source.size, backing=Path(source.path),
+                                                     backing_format=source.format)
+                    else:
+                        path = backend.snapshot_volume(new_name, source.name)  # type: ignore[attr-defined]
+                    failpoints.hit("volume.clone.after-file")
+                    self.repo.add_volume(pool.name, new_name, fmt, source.size, str(path), base_id=source.id)
+                    return f"linked clone {new_ref} of {source.ref}"
+                final = backend.volume_path(new_name)
+                with transfer.atomic_destination(final) as temp:
+                    temp.unlink(missing_ok=True)  # qemu-img convert creates its own target
+                    qemu_img.convert(Path(source.path), source.format, temp, fmt, direct=True,
+                                     progress=lambda pct: context.progress(int(pct),
+                                                                           f"copying {source.ref}: {pct:.0f}%"))
+                failpoints.hit("volume.clone.after-file")
+                self.repo.add_volume(pool.name, new_name, fmt, source.size, str(final))
             return f"full clone {new_ref} of {source.ref}"
 
         return self._submit("volume.clone", new_ref, work)
@@ -284,14 +296,11 @@ class StorageService:
 
         def work(context: JobContext) -> str:
             final = backend.volume_path(name)
-            with transfer.atomic_destination(final) as temp:
-                build(temp, lambda message: context.progress(min(90, context.job.progress + 15), message))
-            try:
+            with self.new_volume(pool, name, context.job.id):
+                with transfer.atomic_destination(final) as temp:
+                    build(temp, lambda message: context.progress(min(90, context.job.progress + 15), message))
                 size = qemu_img.info(final, fmt).virtual_size
                 volume = self.repo.add_volume(pool.name, name, fmt, size, str(final))
-            except BaseException:
-                final.unlink(missing_ok=True)  # no file without a record
-                raise
             return f"built {kind} {volume.ref} ({size} bytes)"
 
         return self._submit("volume.build", f"{pool.name}/{name}", work)
@@ -382,19 +391,55 @@ class StorageService:
         if info.backing_file is not None:
             raise InvalidSpec("backing_file", "imported images must be self-contained (no backing file)")
         final = backend.volume_path(name)
-        if fmt == stored:
-            with transfer.atomic_destination(final) as temp:
-                os.replace(incoming, temp)
-        else:
-            with transfer.atomic_destination(final) as temp:
-                temp.unlink(missing_ok=True)
+        with self.new_volume(pool, name, context.job.id if context else None):
+            if fmt == stored:
+                with transfer.atomic_destination(final) as temp:
+                    os.replace(incoming, temp)
+            else:
+                with transfer.atomic_destination(final) as temp:
+                    temp.unlink(missing_ok=True)
 
-                def progress(pct: float) -> None:
-                    if context is not None:
-                        context.progress(90 + int(pct / 10), f"converting {fmt} to {stored}: {pct:.0f}%")
+                    def progress(pct: float) -> None:
+                        if context is not None:
+                            context.progress(90 + int(pct / 10), f"converting {fmt} to {stored}: {pct:.0f}%")
 
-                qemu_img.convert(incoming, fmt, temp, stored, progress=progress)
-        return self.repo.add_volume(pool.name, name, stored, info.virtual_size, str(final))
+                    qemu_img.convert(incoming, fmt, temp, stored, progress=progress)
+            failpoints.hit("volume.register.after-file")
+            volume = self.repo.add_volume(pool.name, name, stored, info.virtual_size, str(final))
+            failpoints.hit("volume.register.after-record")
+        return volume
+
+    # --- crash safety of new volumes ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def new_volume(self, pool: Pool, name: str, job_id: str | None) -> Iterator[Intent]:
+        """Bracket the making of a volume: intent first, then the file, then the record; a failure here or a crash
+        anywhere in between ends with the file gone unless the record exists (never a file blocking the name)."""
+        intent = self.intents.begin("volume.new", f"{pool.name}/{name}", {"pool": pool.name, "name": name},
+                                    job_id=job_id)
+        try:
+            yield intent
+        except BaseException:
+            self._settle_new_volume(intent)
+            self.intents.end(intent)
+            raise
+        self.intents.end(intent)
+
+    def _settle_new_volume(self, intent: Intent) -> Outcome:
+        pool_name, name = str(intent.data["pool"]), str(intent.data["name"])
+        with contextlib.suppress(NotFound):
+            volume = self.repo.get_volume(pool_name, name)
+            return Outcome(True, f"volume {volume.ref} is recorded")
+        backend = self.backend(self.repo.get_pool(pool_name))
+        if backend.volume_path(name).exists():
+            backend.delete_volume(name)
+            return Outcome(False, f"removed {pool_name}/{name}, made but never recorded")
+        return Outcome(False, f"nothing of {pool_name}/{name} was left")
+
+    def register_recovery(self, recovery: Recovery) -> None:
+        async def recover(intent: Intent) -> Outcome:
+            return await asyncio.to_thread(self._settle_new_volume, intent)
+
+        recovery.register("volume.new", recover)
 
 
 # A pool's files can be attached to VMs: never let a pool cover the system.

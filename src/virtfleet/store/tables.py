@@ -164,3 +164,21 @@ class AuditRow(Base):
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[int] = mapped_column(Integer)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class IntentRow(Base):
+    """A multi-step operation in flight: written before its first step, advanced after each, deleted when done.
+
+    What a restarted daemon finds here is what it must finish or roll back (jobs/recovery.py)."""
+
+    __tablename__ = "intents"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    step: Mapped[str] = mapped_column(String(64))
+    data_json: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
