@@ -35,12 +35,24 @@ def test_disk_boot_from_a_linked_clone_with_cloud_init(daemon: Daemon) -> None:
     assert qemu_pids(daemon.data_dir) == []
 
 
-def test_a_disk_whose_backing_file_leaves_the_pool_is_refused_at_start(daemon: Daemon) -> None:
+def test_a_disk_whose_header_names_a_host_file_is_refused_at_start(daemon: Daemon) -> None:
+    # Volumes whose headers were changed behind virtfleet's back (a restored backup, a tool run by hand): one names a
+    # backing file outside the pools, one an external data file. QEMU is never started on either.
     pool = daemon.data_dir / "pools" / "default"
-    evil = pool / "evil.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", str(evil),
-                    "1M"], check=True)
-    assert daemon.call("POST", "/vms", json={"name": "ev", "disks": [{"path": str(evil)}]}).status_code == 201
-    job = daemon.job("POST", "/vms/ev/start")
-    assert job["status"] == "failed" and "outside the storage pools: /etc/shadow" in job["error"]
-    assert daemon.vm("ev")["state"] == "stopped" and qemu_pids(daemon.data_dir) == []
+    for name in ("evil", "split"):
+        daemon.ok("POST", "/pools/default/volumes", json={"name": name, "size": "1M"})
+    subprocess.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw",
+                    str(pool / "evil")], check=True)
+    # `create -o data_file=` would create (truncate!) the data file: make the image with a scratch one, then rename
+    # it in the header (amend does not open the new name).
+    (pool / "split").unlink()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={daemon.data_dir / 'scratch'},data_file_raw=on", str(pool / "split"), "1M"], check=True)
+    subprocess.run(["qemu-img", "amend", "-f", "qcow2", "-o", "data_file=/etc/shadow", str(pool / "split")],
+                   check=True)
+    for vm, volume, says in (("ev", "evil", "outside the storage pools: /etc/shadow"),
+                             ("df", "split", "keeps its data in another file (/etc/shadow)")):
+        assert daemon.call("POST", "/vms", json={"name": vm, "disks": [{"volume": volume}]}).status_code == 201
+        job = daemon.job("POST", f"/vms/{vm}/start")
+        assert job["status"] == "failed" and says in job["error"], job
+        assert daemon.vm(vm)["state"] == "stopped" and qemu_pids(daemon.data_dir) == []

@@ -364,6 +364,17 @@ def test_untrusted_qcow2_external_data_file_is_refused(tmp_path: Path) -> None:
     assert field_of(lambda: inspect_untrusted(image, "qcow2", [tmp_path])).field == "data_file"
 
 
+def test_info_and_chain_name_an_external_data_file(tmp_path: Path) -> None:
+    image = tmp_path / "split.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'data.bin'},"
+                    "data_file_raw=on", str(image), str(MiB)], check=True)
+    assert qemu_img.info(image, "qcow2").data_file == str(tmp_path / "data.bin")
+    assert [i.data_file for i in qemu_img.chain(image, "qcow2")] == [str(tmp_path / "data.bin")]
+    # Read as raw, the header is only guest data: nothing is opened because of it.
+    assert qemu_img.info(image, "raw").data_file is None
+    assert qemu_img.info(qcow2(tmp_path / "plain.qcow2"), "qcow2").data_file is None
+
+
 def test_untrusted_vmdk_must_be_a_single_file(tmp_path: Path) -> None:
     descriptor = tmp_path / "evil.vmdk"
     descriptor.write_text(

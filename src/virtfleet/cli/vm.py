@@ -40,10 +40,9 @@ DISK_FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw", ".vmdk": "vmdk"
 
 
 def _disk(value: str) -> dict[str, Any]:
-    """--disk: an absolute path inside a pool, or a volume POOL/NAME (NAME: the default pool)."""
-    if value.startswith("/"):
-        return {"path": value, "format": "raw" if value.endswith((".raw", ".img")) else "qcow2"}
-    return {"volume": value}
+    """--disk: a volume POOL/NAME (NAME: the default pool), or the absolute path of a volume's file (opened in the
+    volume's format, whatever the file is called)."""
+    return {"path": value} if value.startswith("/") else {"volume": value}
 
 
 def _nic(value: str, as_json: bool) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, Volume
 from virtfleet.storage import qemu_img, transfer
 from virtfleet.storage.archive import extract_ova_disks
 from virtfleet.storage.backends import PoolBackend, create_backend, default_mount_path
+from virtfleet.storage.identity import file_id
 from virtfleet.store.db import Database
 from virtfleet.store.intent_repo import Intent, IntentLog
 from virtfleet.store.storage_repo import StorageRepo
@@ -146,7 +147,14 @@ class StorageService:
                              volume.attached_to)
 
     def volume_by_path(self, path: str) -> Volume | None:
-        return next((v for v in self.repo.list_volumes() if v.path == path), None)
+        """The volume whose file `path` is, however it is spelled: compared by file identity, never as text."""
+        wanted = file_id(path)
+        if wanted is None:
+            return None
+        found = [v for v in self.repo.list_volumes() if file_id(v.path) == wanted]
+        if len(found) > 1:
+            raise Conflict(f"{path} is the file of several volumes: {', '.join(v.ref for v in found)}")
+        return found[0] if found else None
 
     def pool_roots(self) -> list[Path]:
         return [Path(pool.mount_path) for pool in self.repo.list_pools()]

@@ -107,7 +107,7 @@ class VmService:
             context.progress(10, f"starting with image {boot.name}" if boot else "starting from its disks")
             await self.driver.define(vm.id, vm.spec)
             try:
-                status = await self.driver.start(vm.id, self.boot_spec(vm), boot)
+                status = await self.driver.start(vm.id, await asyncio.to_thread(self.boot_spec, vm), boot)
             except VirtfleetError as error:
                 self.db.add_event(vm.id, "start-failed", error.message)
                 raise
@@ -260,13 +260,14 @@ class VmService:
         """Attach a disk: hot-plugged into a running q35 VM, or recorded for the next start of a stopped one."""
         vm = self.db.get_vm(ref)
         field = f"disks[{len(vm.spec.disks)}]"
-        spec = self.disks.resolve(vm.spec.model_copy(update={"disks": [*vm.spec.disks, disk]}), vm_name=vm.name)
+        spec = self.disks.with_disk(vm, disk)
         resolved = spec.disks[-1]
         label = resolved.volume or resolved.path
 
         async def work(vm: Vm, context: JobContext) -> str:
+            # Checked now, not only at the next start: an image that reads another file is refused at once.
+            chain = await asyncio.to_thread(self.disks.chain_of, resolved, field)
             if is_live(vm.state):
-                chain = self.disks.chain_of(resolved, field)
                 await self.driver.attach_disk(vm.id, resolved.model_copy(update={"backing_chain": chain}))
             self.db.update_vm_spec(vm.id, spec)
             await self.driver.define(vm.id, spec)
@@ -278,9 +279,7 @@ class VmService:
 
     def detach_disk(self, ref: str, disk_ref: str, timeout: float = 30.0) -> Job:
         vm = self.db.get_vm(ref)
-        # A volume POOL/NAME, NAME in the default pool, or a path (a URL path arrives without its leading slash).
-        wanted = {disk_ref, f"default/{disk_ref}", f"/{disk_ref}"}
-        disk = next((d for d in vm.spec.disks if d.volume in wanted or d.path in wanted), None)
+        disk = self.disks.find_disk(vm, disk_ref)
         if disk is None:
             raise NotFound("disk", f"{disk_ref} on vm '{vm.name}'")
         spec = vm.spec.model_copy(update={"disks": [d for d in vm.spec.disks if d is not disk]})

@@ -41,14 +41,16 @@ CacheMode = Literal["writeback", "none", "writethrough", "directsync", "unsafe"]
 
 
 class DiskSpec(BaseModel):
-    """A disk attached to a VM: a volume ("pool/name"), or a file path inside a storage pool (checked by the
-    service, which also fills `path` and `format` in from the volume)."""
+    """A disk attached to a VM: a volume, named "pool/name" or by the path of its file (any spelling of it). The
+    service resolves either to the one volume and fills `volume`, `path` and `format` in from it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     volume: str | None = Field(default=None, pattern=VOLUME_REF_PATTERN, description="pool/name, or name in 'default'")
     path: str | None = Field(default=None, min_length=1, max_length=4096)
-    format: Literal["raw", "qcow2"] = "qcow2"
+    format: Literal["raw", "qcow2"] = Field(
+        default="qcow2", description="the volume's, filled in by virtfleet: a disk is opened as its volume says"
+    )
     readonly: bool = False
     bus: Literal["virtio-blk", "virtio-scsi"] = "virtio-blk"
     cache: CacheMode = "writeback"

@@ -63,6 +63,9 @@ class ImageInfo:
     backing_format: str | None
     dirty: bool | None = None
     snapshots: tuple[InternalSnapshot, ...] = ()
+    # A qcow2 image can keep its guest data in another file its header names; QEMU opens that file with the image,
+    # and no -blockdev option can tell it not to: such images are refused wherever they show up.
+    data_file: str | None = None
 
 
 # --- running qemu-img ---------------------------------------------------------------------------------------------
@@ -128,7 +131,16 @@ def _image_info(data: dict[str, Any], path: Path) -> ImageInfo:
         backing_format=data.get("backing-filename-format"),
         dirty=data.get("dirty-flag"),
         snapshots=tuple(_snapshot(item) for item in data.get("snapshots", ())),
+        data_file=_data_file(data),
     )
+
+
+def _data_file(data: dict[str, Any]) -> str | None:
+    specific = data.get("format-specific") or {}
+    if specific.get("type") != "qcow2":
+        return None
+    name = (specific.get("data") or {}).get("data-file")
+    return None if name is None else str(name)
 
 
 def _info_json(path: Path, fmt: str, *, limited: bool = False) -> dict[str, Any]:
@@ -349,9 +361,10 @@ def _check_format_specific(path: Path, fmt: str, data: dict[str, Any]) -> None:
     specific = data.get("format-specific", {}).get("data", {})
     if specific.get("corrupt"):
         raise InvalidSpec("format", f"{path.name} is marked corrupt by qemu")
-    if fmt == "qcow2" and specific.get("data-file") is not None:
+    data_file = _data_file(data)
+    if data_file is not None:
         # info does not open the data file, but convert and QEMU would read it: refuse like a backing file.
-        raise InvalidSpec("data_file", f"{path.name} keeps its data in another file ({specific['data-file']!r})")
+        raise InvalidSpec("data_file", f"{path.name} keeps its data in another file ({data_file!r})")
     if fmt == "vmdk":
         own = os.path.realpath(path)
         for extent in specific.get("extents", ()):

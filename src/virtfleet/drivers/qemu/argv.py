@@ -41,7 +41,10 @@ def blockdev_nodes(disk: DiskSpec) -> list[dict[str, object]]:
     """The -blockdev / blockdev-add options of a disk, lowest layer first: per layer a file node and a format node.
 
     Every layer is named explicitly and the lowest has "backing": null, so QEMU opens exactly the files virtfleet
-    checked, never one named inside an image header.
+    checked, never one named inside an image header. A qcow2 external data file cannot be pinned the same way: QEMU
+    opens one only when the header names it, and takes no option that says "none" ("data-file": null is refused,
+    a node given for an image without one too), so every layer is checked for one before it gets here
+    (vm_disks.backing_chain, at each start and each attach) and refused.
     """
     if disk.path is None:
         raise ValueError(f"disk {disk.volume} has no resolved path")
