@@ -120,7 +120,7 @@ def test_info_works_while_qemu_holds_the_image(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # QEMU may start slowly on a loaded 2-core host
         while True:  # wait until QEMU holds the write lock
             probe = subprocess.run(["qemu-img", "info", "-f", "qcow2", str(image)], capture_output=True, text=True)
             if "lock" in probe.stderr or time.monotonic() > deadline:
