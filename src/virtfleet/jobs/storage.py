@@ -447,19 +447,21 @@ CLIENT_POLL_SECONDS = 1.0
 
 
 async def _unless_abandoned(work: Awaitable[T], client_gone: Callable[[], Awaitable[bool]] | None, what: str) -> T:
-    """Await `work`, cancelled (its qemu-img killed, its files removed) if the client hangs up meanwhile: a
-    conversion nobody waits for must not keep a core busy."""
+    """Await `work`, cancelled (its qemu-img killed, its files removed) if the client hangs up meanwhile, or if this
+    request is itself cancelled: a conversion nobody waits for must not keep a core busy."""
     task = asyncio.ensure_future(work)
-    while client_gone is not None:
-        done, _ = await asyncio.wait([task], timeout=CLIENT_POLL_SECONDS)
-        if done:
-            break
-        if await client_gone():
+    try:
+        while client_gone is not None and not task.done():
+            done, _ = await asyncio.wait([task], timeout=CLIENT_POLL_SECONDS)
+            if not done and await client_gone():
+                raise transfer.TransferError(f"{what} was stopped: the client hung up; nothing was kept")
+        return await task
+    except BaseException:
+        if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            raise transfer.TransferError(f"{what} was stopped: the client hung up; nothing was kept")
-    return await task
+        raise
 
 
 @contextlib.contextmanager
