@@ -100,7 +100,8 @@ class StorageService:
         mount = default_mount_path(spec, self.data_dir)
         owns_path = False
         if spec.type != "lvm":
-            check_pool_path(spec.path or str(mount), roots=self.allowed_pool_roots, data_dir=self.data_dir,
+            # As the user spelled it; a mount point we chose (nfs) is ours, checked as what it resolves to.
+            check_pool_path(spec.path or os.path.realpath(mount), roots=self.allowed_pool_roots, data_dir=self.data_dir,
                             internal=[self.data_dir / "pools", self.data_dir / "mnt"],
                             existing=[Path(p.mount_path) for p in self.repo.list_pools()])
             # Deleting the pool removes its directory only if it was virtfleet that made it.
