@@ -7,7 +7,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtfleet.model.storage import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
+from virtfleet.model.units import format_size, parse_size_bytes
+
 DEFAULT_PORT = 8470
+# The largest virtual size a volume may have (created, resized, cloned, uploaded or imported). 4 TiB is more than the
+# disks of the VMs one host runs, and it bounds what a tiny crafted image can cost: converting a sparse vhdx takes
+# qemu-img about 40 s of CPU per TiB it claims, so a "60 TiB" file of 15 MiB ran for 40 minutes; at 4 TiB it is ~3.
+DEFAULT_MAX_VOLUME_SIZE = 4 * 1024**4
+# Where dir and nfs pools may be made besides the data directory's own pools/: trees an admin keeps for data.
+DEFAULT_POOL_ROOTS = (Path("/srv"), Path("/mnt"), Path("/media"), Path("/data"))
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)
 
@@ -36,6 +45,17 @@ class Settings:
     reconcile_interval: float = 1.0
     metrics_interval: float = 10.0  # how often each running VM's usage is sampled (the last hour is kept)
     qemu_binary: str = "qemu-system-x86_64"
+    max_volume_size: int = DEFAULT_MAX_VOLUME_SIZE
+    pool_roots: tuple[Path, ...] = DEFAULT_POOL_ROOTS
+
+    def __post_init__(self) -> None:
+        if not MIN_VOLUME_BYTES <= self.max_volume_size <= MAX_VOLUME_BYTES:
+            raise ValueError(f"max_volume_size (VIRTFLEET_MAX_VOLUME_SIZE) must lie between "
+                             f"{format_size(MIN_VOLUME_BYTES)} and {format_size(MAX_VOLUME_BYTES)}, "
+                             f"not {self.max_volume_size} bytes")
+        for root in self.pool_roots:
+            if not root.is_absolute():
+                raise ValueError(f"pool_roots (VIRTFLEET_POOL_ROOTS): {root} is not an absolute path")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -47,6 +67,13 @@ class Settings:
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
             "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
         }
+        if "VIRTFLEET_MAX_VOLUME_SIZE" in env:
+            try:
+                values["max_volume_size"] = parse_size_bytes(env["VIRTFLEET_MAX_VOLUME_SIZE"], default_unit="b")
+            except ValueError as error:
+                raise ValueError(f"VIRTFLEET_MAX_VOLUME_SIZE: {error}") from None
+        if "VIRTFLEET_POOL_ROOTS" in env:  # colon-separated, like PATH; empty: only the data directory's pools/
+            values["pool_roots"] = tuple(Path(p) for p in env["VIRTFLEET_POOL_ROOTS"].split(":") if p)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -67,5 +94,10 @@ class Settings:
         return self.data_dir / "images"
 
     @property
+    def pools_dir(self) -> Path:
+        """The data directory's own place for pools (the default pool, and any other an admin puts there)."""
+        return self.data_dir / "pools"
+
+    @property
     def default_pool(self) -> Path:
-        return self.data_dir / "pools" / "default"
+        return self.pools_dir / "default"

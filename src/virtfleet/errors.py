@@ -119,3 +119,15 @@ class DriverError(VirtfleetError):
 
 class OperationTimeout(VirtfleetError):
     code = "timeout"
+
+
+class InsufficientStorage(VirtfleetError):
+    """A file system ran out of space (or of quota) while data was written; nothing half-written is kept."""
+
+    code = "insufficient_storage"
+
+
+class ServiceUnavailable(VirtfleetError):
+    """The server cannot record changes for now (its database cannot be written); reads still work."""
+
+    code = "unavailable"

@@ -62,7 +62,8 @@ class Server:
         recovery = Recovery(db, intents)
         images = ImageCatalog(settings.images_dir, builders)
         host = host_name()
-        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path), intents)
+        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path), intents,
+                                 max_volume_size=settings.max_volume_size, pool_roots=settings.pool_roots)
         storage.register_recovery(recovery)
         storage.ensure_default_pool(settings.default_pool)
         disks = DiskResolver(db, storage, settings.data_dir / "seeds")

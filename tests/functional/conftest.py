@@ -33,8 +33,10 @@ def fake_tiny_builder(dest: Path, *, progress: Callable[[str], None] | None = No
     return write_manifest(dest, name="tiny", kernel_release="0.0.0-fake")
 
 
-def make_settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, driver="fake", reconcile_interval=0.1)
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    # Pools may be made beside the data directory (in the test's tmp_path), as an admin's VIRTFLEET_POOL_ROOTS allows.
+    fields: dict[str, Any] = {"driver": "fake", "reconcile_interval": 0.1, "pool_roots": (data_dir.parent,)}
+    return Settings(data_dir=data_dir, **{**fields, **overrides})
 
 
 class Api:
@@ -103,8 +105,8 @@ class Api:
         return vm
 
 
-def open_api(data_dir: Path, *, build_image: bool = True) -> Iterator[Api]:
-    settings = make_settings(data_dir)
+def open_api(data_dir: Path, *, build_image: bool = True, **settings_overrides: Any) -> Iterator[Api]:
+    settings = make_settings(data_dir, **settings_overrides)
     app = create_app(settings, builders={"tiny": fake_tiny_builder})
     with TestClient(app) as client:
         # `serve` writes the local admin token on first start; the tests act as that admin unless they say otherwise.

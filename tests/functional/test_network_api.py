@@ -20,6 +20,7 @@ def test_bad_networks_are_refused_with_the_field_named(api: Api) -> None:
         ({"name": "a", "mode": "bridge", "bridge": "br0", "vlan": 4095}, "vlan"),
         ({"name": "a", "mode": "bridge"}, "bridge"),
         ({"name": "a", "mode": "bridge", "bridge": "vf-no-such-br"}, "bridge"),
+        ({"name": "a", "mode": "bridge", "bridge": "lo"}, "bridge"),  # exists on every host, and is no bridge
         ({"name": "a", "mode": "nat", "subnet": "10.9.0.0/24", "uplink": "vf-no-such"}, "uplink"),
         ({"name": "a", "mode": "nat", "subnet": "10.9.0.0/24", "dhcp_range": "10.9.0.1-10.9.0.20"}, "dhcp_range"),
         ({"name": "a/b", "mode": "user"}, "name"),

@@ -298,7 +298,7 @@ def test_nfs_pool_mounts_holds_volumes_and_unmounts(nfs_export: str, tmp_path: P
         with pytest.raises(DriverError, match="is not mounted"):
             backend.usage()
         assert exported.is_file()  # unmounting keeps the volumes
-        backend.destroy()
+        backend.destroy(owns_directory=True)  # the mount point was made by activate()
         assert not mount_path.exists()
     finally:
         if nfs_mounted(mount_path) is not None:

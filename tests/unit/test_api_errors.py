@@ -19,6 +19,8 @@ from virtfleet.api.errors import _field_name, status_for
         (errors.Unsupported("no snapshots"), 501),
         (errors.DriverError("qemu failed", "boom"), 502),
         (errors.OperationTimeout("slow"), 504),
+        (errors.InsufficientStorage("pool full"), 507),
+        (errors.ServiceUnavailable("database full"), 503),
         (errors.VirtfleetError("other"), 400),
     ],
 )

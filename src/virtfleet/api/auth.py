@@ -8,6 +8,7 @@ browsers hide the status of a refused handshake.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -19,8 +20,10 @@ from starlette.websockets import WebSocket
 from virtfleet.api.errors import error_body, status_for, ws_close_code
 from virtfleet.auth.policy import SAFE_METHODS, WEBSOCKET, is_audited, required_role
 from virtfleet.auth.service import AuthService, same_secret
-from virtfleet.errors import AuthenticationFailed, Forbidden, VirtfleetError
+from virtfleet.errors import AuthenticationFailed, Forbidden, ServiceUnavailable, VirtfleetError
 from virtfleet.model.auth import Principal, Role
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "vf_session"
 CSRF_HEADER = "x-csrf-token"
@@ -87,7 +90,10 @@ class AuthMiddleware:
             # Refused changes are audited, and so is every refusal of someone who did prove who they are.
             if is_audited(method) or principal is not None:
                 name = principal.name if principal is not None else ""
-                auth.repo.audit(name, method, path, status_for(error), f"client={client} refused: {error.message}")
+                _audit(auth, name, method, path, status_for(error), f"client={client} refused: {error.message}")
+            await _refuse(scope, receive, send, error)
+            return
+        except ServiceUnavailable as error:  # the database cannot be read or written: say so, do not reset
             await _refuse(scope, receive, send, error)
             return
         scope.setdefault("state", {})["principal"] = principal
@@ -104,8 +110,8 @@ class AuthMiddleware:
             nonlocal written
             if not written:
                 written = True
-                auth.repo.audit(principal.name, method, path, status, " ".join(filter(None, [f"client={client}",
-                                                                                           detail])))
+                _audit(auth, principal.name, method, path, status, " ".join(filter(None, [f"client={client}",
+                                                                                        detail])))
 
         async def recording_send(message: Message) -> None:
             # Written as soon as the outcome is known: a console may stay open for hours.
@@ -122,6 +128,15 @@ class AuthMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             write(500, "no answer (server error)")
+
+
+def _audit(auth: AuthService, user: str, method: str, path: str, status: int, detail: str) -> None:
+    # The answer still goes out when the audit log cannot be written (a full disk): the request has been handled
+    # either way, and a reset connection would hide its outcome from the client.
+    try:
+        auth.repo.audit(user, method, path, status, detail)
+    except ServiceUnavailable as error:
+        log.error("audit log not written (%s %s %s by %r): %s", method, path, status, user, error.message)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, error: VirtfleetError) -> None:

@@ -18,6 +18,8 @@ _STATUS: list[tuple[type[errors.VirtfleetError], int]] = [
     (errors.Unsupported, 501),
     (errors.DriverError, 502),
     (errors.OperationTimeout, 504),
+    (errors.InsufficientStorage, 507),
+    (errors.ServiceUnavailable, 503),
 ]
 
 

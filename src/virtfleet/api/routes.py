@@ -95,7 +95,8 @@ async def build_boot_disk_volume(name: str, body: BootDiskIn, server: ServerDep,
         return build_boot_disk(dest, kernel_bzimage=kernel, initrd=image.initrd, cmdline=default_cmdline("q35", None),
                                size_mib=body.size >> 20, progress=say)
 
-    return accepted(server.storage.build_volume(pool, volume, "qcow2", build, f"boot disk of image '{name}'"), response)
+    job = server.storage.build_volume(pool, volume, "qcow2", build, f"boot disk of image '{name}'", size=body.size)
+    return accepted(job, response)
 
 
 @router.delete("/images/{name}", status_code=204, tags=["images"])

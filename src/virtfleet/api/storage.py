@@ -155,7 +155,8 @@ async def upload_volume(
     """Upload an image as the request body; it is checked before it becomes a volume."""
     length = request.headers.get("content-length")
     return await server.storage.upload(pool, name, format, request.stream(), sha256=sha256,
-                                       length=int(length) if length and length.isdigit() else None)
+                                       length=int(length) if length and length.isdigit() else None,
+                                       client_gone=request.is_disconnected)
 
 
 @router.get("/volumes/{pool}/{name}/data", response_class=FileResponse)

@@ -54,10 +54,6 @@ class NetworkService:
             existing = [n.spec.subnet for n in self.repo.all() if n.spec.subnet is not None]
             await asyncio.to_thread(host.check_subnet_free, spec.subnet, existing)
             self._check_dhcp_range(spec)
-        if spec.mode == "bridge":
-            assert spec.bridge is not None
-            if not await asyncio.to_thread(host.link_exists, spec.bridge):
-                raise InvalidSpec("bridge", f"there is no interface {spec.bridge} on this host")
         if spec.uplink is not None and not await asyncio.to_thread(host.link_exists, spec.uplink):
             raise InvalidSpec("uplink", f"there is no interface {spec.uplink} on this host")
         bridge = self._bridge_for(spec)
@@ -90,6 +86,13 @@ class NetworkService:
 
     def _set_up(self, spec: NetworkSpec) -> None:
         """Make (or re-make, after a restart) what the network needs on the host; idempotent."""
+        if spec.mode == "bridge":
+            # Nothing to make, but the host's bridge must be one (a NIC enslaved to anything else goes nowhere),
+            # when the network is made and each time it is activated again (links come and go with the host).
+            assert spec.bridge is not None
+            problem = host.bridge_problem(spec.bridge)
+            if problem is not None:
+                raise InvalidSpec("bridge", problem)
         if spec.mode not in ("nat", "isolated"):
             return
         assert spec.subnet is not None

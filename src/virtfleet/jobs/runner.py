@@ -14,8 +14,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from virtfleet.errors import Busy, VirtfleetError
+from virtfleet.errors import Busy, ServiceUnavailable, VirtfleetError
+from virtfleet.hostcmd import process_scope
 from virtfleet.model.job import Job, JobStatus
 from virtfleet.store.db import Database
 
@@ -72,26 +74,41 @@ class JobRunner:
         return job
 
     async def _run(self, job: Job, work: Work) -> None:
-        context = JobContext(self._db.update_job(job.id, status=JobStatus.RUNNING, message="running"), self._db)
         try:
-            message = await work(context)
-            self._db.update_job(job.id, status=JobStatus.SUCCEEDED, progress=100, message=message)
+            context = JobContext(self._db.update_job(job.id, status=JobStatus.RUNNING, message="running"), self._db)
+            # The job's host tools (qemu-img...) run in worker threads, which cannot be cancelled: the scope lets
+            # a cancelled job (the daemon stopping) kill them instead of leaving them to run on unobserved.
+            with process_scope() as tools:
+                try:
+                    message = await work(context)
+                except asyncio.CancelledError:
+                    tools.kill()
+                    raise
+            self._finish(job, status=JobStatus.SUCCEEDED, progress=100, message=message)
         except VirtfleetError as error:
-            self._db.update_job(job.id, status=JobStatus.FAILED, message="failed", error=error.message,
-                                error_code=error.code)
+            self._finish(job, status=JobStatus.FAILED, message="failed", error=error.message, error_code=error.code)
         except asyncio.CancelledError:
-            self._db.update_job(job.id, status=JobStatus.FAILED, message="cancelled",
-                                error="the daemon stopped while the job ran", error_code="interrupted")
+            self._finish(job, status=JobStatus.FAILED, message="cancelled",
+                         error="the daemon stopped while the job ran", error_code="interrupted")
             raise
         except Exception as error:  # a bug: keep the daemon alive, record it, log the traceback
             log.exception("job %s (%s) crashed", job.id, job.kind)
             detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            self._db.update_job(job.id, status=JobStatus.FAILED, message="failed",
-                                error=f"internal error: {detail}", error_code="internal")
+            self._finish(job, status=JobStatus.FAILED, message="failed", error=f"internal error: {detail}",
+                         error_code="internal")
         finally:
             for key in self._held.pop(job.id):
                 del self._active[key]
             self._done.pop(job.id).set()
+
+    def _finish(self, job: Job, **outcome: Any) -> None:
+        """Record how a job ended; when the database cannot be written (its disk is full) say so in the log, which
+        is all that is left: the job is failed as interrupted at the next start-up."""
+        try:
+            self._db.update_job(job.id, **outcome)
+        except ServiceUnavailable as error:
+            log.error("job %s (%s) ended (%s) but could not be recorded: %s", job.id, job.kind,
+                      outcome.get("status"), error.message)
 
     async def wait(self, job_id: str, timeout: float) -> Job:
         """The job once finished, or as it stands after `timeout` seconds."""

@@ -14,24 +14,31 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from virtfleet import failpoints
+from virtfleet.config import DEFAULT_MAX_VOLUME_SIZE
 from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
+from virtfleet.hostcmd import in_thread
 from virtfleet.jobs.recovery import Outcome, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.model.job import Job
 from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
+from virtfleet.model.units import format_size
 from virtfleet.storage import qemu_img, transfer
 from virtfleet.storage.archive import extract_ova_disks
-from virtfleet.storage.backends import PoolBackend, create_backend, default_mount_path
+from virtfleet.storage.backends import STAGING_DIR, PoolBackend, create_backend, default_mount_path
 from virtfleet.storage.identity import file_id
+from virtfleet.storage.pool_paths import check_pool_path
 from virtfleet.store.db import Database
 from virtfleet.store.intent_repo import Intent, IntentLog
 from virtfleet.store.storage_repo import StorageRepo
+
+T = TypeVar("T")
 
 DEFAULT_POOL = "default"
 # What users may hand us (stored as qcow2 or raw); an OVA is a tar whose disk image is taken out, checked, converted.
@@ -51,12 +58,15 @@ AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM us
 
 class StorageService:
     def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup,
-                 intents: IntentLog) -> None:
+                 intents: IntentLog, *, max_volume_size: int = DEFAULT_MAX_VOLUME_SIZE,
+                 pool_roots: Sequence[Path] = ()) -> None:
         self.repo = StorageRepo(db)
         self.intents = intents
         self.runner = runner
         self.data_dir = data_dir
         self.attached_to = attached_to
+        self.max_volume_size = max_volume_size
+        self.allowed_pool_roots = tuple(pool_roots)  # where dir and nfs pools may be, besides the data dir's pools/
         self._backends: dict[str, PoolBackend] = {}
         self._uploading: set[str] = set()  # uploads stream inside a request, not a job: their own lock
 
@@ -94,11 +104,22 @@ class StorageService:
             self.repo.get_pool(spec.name)
             raise Conflict(f"a pool named '{spec.name}' already exists")
         mount = default_mount_path(spec, self.data_dir)
+        owns_path = False
         if spec.type != "lvm":
-            check_pool_path(mount, [Path(p.mount_path) for p in self.repo.list_pools()], self.data_dir)
+            # As the user spelled it; a mount point we chose (nfs) is ours, checked as what it resolves to.
+            check_pool_path(spec.path or os.path.realpath(mount), roots=self.allowed_pool_roots, data_dir=self.data_dir,
+                            internal=[self.data_dir / "pools", self.data_dir / "mnt"],
+                            existing=[Path(p.mount_path) for p in self.repo.list_pools()])
+            # Deleting the pool removes its directory only if it was virtfleet that made it.
+            owns_path = not await asyncio.to_thread(os.path.lexists, mount)
         backend = create_backend(spec, mount)
         await asyncio.to_thread(backend.activate)
-        pool = self.repo.add_pool(spec, str(mount))
+        try:
+            pool = self.repo.add_pool(spec, str(mount), owns_path=owns_path)
+        except BaseException:
+            await asyncio.to_thread(backend.deactivate)
+            await asyncio.to_thread(backend.destroy, owns_directory=owns_path)
+            raise
         self._backends[pool.name] = backend
         return await self.pool_with_usage(pool.name)
 
@@ -123,7 +144,7 @@ class StorageService:
             raise Conflict(f"pool '{name}' still holds {len(volumes)} volume(s): {names}")
         backend = self.backend(pool)
         await asyncio.to_thread(backend.deactivate)
-        await asyncio.to_thread(backend.destroy)
+        await asyncio.to_thread(backend.destroy, owns_directory=pool.owns_path)
         self.repo.delete_pool(name)
         self._backends.pop(name, None)
 
@@ -160,6 +181,12 @@ class StorageService:
         return [Path(pool.mount_path) for pool in self.repo.list_pools()]
 
     # --- volumes: changes ----------------------------------------------------------------------------------
+    def check_size(self, size: int, field: str = "size") -> None:
+        """Every way a volume comes to be (or grows) passes here: no volume is larger than max_volume_size."""
+        if size > self.max_volume_size:
+            raise InvalidSpec(field, f"{format_size(size)} ({size} bytes) is more than the largest volume this "
+                                     f"server accepts ({format_size(self.max_volume_size)})")
+
     def _check_new(self, pool: Pool, name: str, fmt: str, size: int | None) -> PoolBackend:
         backend = self.backend(pool)
         with contextlib.suppress(NotFound):
@@ -170,6 +197,7 @@ class StorageService:
         if backend.volume_path(name).exists():
             raise Conflict(f"{backend.volume_path(name)} exists but is not a volume of pool '{pool.name}'")
         if size is not None:
+            self.check_size(size)
             usage = backend.usage()
             if not usage.thin and size > usage.available:
                 raise InvalidSpec("size", f"{size} bytes do not fit: pool '{pool.name}' has {usage.available} free")
@@ -177,7 +205,8 @@ class StorageService:
 
     def _submit(self, kind: str, ref: str, work: Callable[[JobContext], object]) -> Job:
         async def run(context: JobContext) -> str:
-            return str(await asyncio.to_thread(work, context))
+            # in_thread: a cancelled job kills its qemu-img and lets the thread remove its partial files.
+            return str(await in_thread(work, context))
 
         return self.runner.submit(kind, f"volume:{ref}", f"volume '{ref}'", run)
 
@@ -197,6 +226,7 @@ class StorageService:
 
     def resize_volume(self, ref: str, size: int, *, shrink: bool = False) -> Job:
         volume = self.volume(ref)
+        self.check_size(size)
         if size < volume.size and not shrink:
             raise InvalidSpec("size", f"{size} is smaller than the current {volume.size} bytes: shrinking loses "
                                       "data, add --force (shrink=true) if you mean it")
@@ -268,6 +298,7 @@ class StorageService:
         fmt: VolumeFormat = "qcow2" if linked and backend.supports_backing_files else source.format
         if not backend.supports_backing_files and (not linked or getattr(backend, "snapshot_volume", None) is None):
             raise Unsupported(f"{pool.spec.type} pools only make linked clones (thin snapshots); copy into a dir pool")
+        self.check_size(source.size)  # a linked clone is as large as its template, though thin
         backend = self._check_new(pool, new_name, fmt, None if linked else source.size)
         new_ref = f"{pool.name}/{new_name}"
 
@@ -295,10 +326,11 @@ class StorageService:
         return self._submit("volume.clone", new_ref, work)
 
     def build_volume(self, pool_name: str, name: str, fmt: VolumeFormat,
-                     build: Callable[[Path, Callable[[str], None]], object], kind: str) -> Job:
-        """Make a volume with a builder (e.g. a bootable disk) that writes the image file it is given."""
+                     build: Callable[[Path, Callable[[str], None]], object], kind: str, *,
+                     size: int | None = None) -> Job:
+        """Make a volume with a builder (e.g. a bootable disk of `size` bytes) that writes the file it is given."""
         pool = self.repo.get_pool(pool_name)
-        backend = self._check_new(pool, name, fmt, None)
+        backend = self._check_new(pool, name, fmt, size)
         if not backend.supports_backing_files:
             raise Unsupported(f"{pool.spec.type} pools hold raw block devices; build disk images in a dir pool")
 
@@ -307,9 +339,10 @@ class StorageService:
             with self.new_volume(pool, name, context.job.id):
                 with transfer.atomic_destination(final) as temp:
                     build(temp, lambda message: context.progress(min(90, context.job.progress + 15), message))
-                size = qemu_img.info(final, fmt).virtual_size
-                volume = self.repo.add_volume(pool.name, name, fmt, size, str(final))
-            return f"built {kind} {volume.ref} ({size} bytes)"
+                built = qemu_img.info(final, fmt).virtual_size
+                self.check_size(built)
+                volume = self.repo.add_volume(pool.name, name, fmt, built, str(final))
+            return f"built {kind} {volume.ref} ({built} bytes)"
 
         return self._submit("volume.build", f"{pool.name}/{name}", work)
 
@@ -332,7 +365,8 @@ class StorageService:
 
             incoming = staging / f"{name}.download"
             try:
-                digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256)
+                digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256,
+                                               max_bytes=self.max_volume_size)
                 volume = self._register_incoming(pool, backend, name, incoming, fmt, stored, context)
             finally:
                 incoming.unlink(missing_ok=True)
@@ -341,11 +375,15 @@ class StorageService:
         return self._submit("volume.import", ref, work)
 
     async def upload(self, pool_name: str, name: str, fmt: str, body: AsyncIterator[bytes], *,
-                     sha256: str | None = None, length: int | None = None) -> Volume:
-        """Receive an upload (the request body) into the pool; checked and registered, or nothing is left."""
+                     sha256: str | None = None, length: int | None = None,
+                     client_gone: Callable[[], Awaitable[bool]] | None = None) -> Volume:
+        """Receive an upload (the request body) into the pool; checked and registered, or nothing is left.
+        `client_gone` tells whether the client has hung up: then the check or conversion is stopped."""
         check_sha256(sha256)
         pool = self.repo.get_pool(pool_name)
         stored = stored_format(fmt)
+        if length is not None:
+            self.check_size(length, "content-length")  # no image within the limit takes more bytes than that
         backend = self._check_new(pool, name, stored, length)
         ref = f"{pool.name}/{name}"
         self.runner.check_free(f"volume:{ref}", f"volume '{ref}'")
@@ -354,14 +392,22 @@ class StorageService:
         self._uploading.add(ref)
         incoming = pool_staging(backend) / f"{name}.upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
+        received = 0
         try:
-            with incoming.open("wb") as out:
-                async for chunk in body:
-                    digest.update(chunk)
-                    await asyncio.to_thread(out.write, chunk)
+            try:
+                with incoming.open("xb") as out:
+                    async for chunk in body:
+                        received += len(chunk)
+                        self.check_size(received, "body")  # a chunked upload declares no length: count it
+                        digest.update(chunk)
+                        await asyncio.to_thread(out.write, chunk)
+            except OSError as error:
+                raise transfer.write_failure(error, f"cannot store the upload of {ref} after {received} bytes") \
+                    from error
             if sha256 is not None and digest.hexdigest() != sha256.lower():
                 raise InvalidSpec("sha256", f"the data does not match: expected {sha256}, got {digest.hexdigest()}")
-            return await asyncio.to_thread(self._register_incoming, pool, backend, name, incoming, fmt, stored, None)
+            registering = in_thread(self._register_incoming, pool, backend, name, incoming, fmt, stored, None)
+            return await _unless_abandoned(registering, client_gone, f"the upload of {ref}")
         finally:
             self._uploading.discard(ref)
             incoming.unlink(missing_ok=True)
@@ -395,7 +441,7 @@ class StorageService:
         """Check an untrusted image, then move or convert it into place and record it."""
         if fmt == "ova":
             return self._register_ova(pool, backend, name, incoming, context)
-        info = qemu_img.inspect_untrusted(incoming, fmt, self.pool_roots())
+        info = qemu_img.inspect_untrusted(incoming, fmt, self.pool_roots(), max_virtual_size=self.max_volume_size)
         if info.backing_file is not None:
             raise InvalidSpec("backing_file", "imported images must be self-contained (no backing file)")
         final = backend.volume_path(name)
@@ -450,21 +496,25 @@ class StorageService:
         recovery.register("volume.new", recover)
 
 
-# A pool's files can be attached to VMs: never let a pool cover the system.
-_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys", "/usr",
-                "/var/lib/dpkg", "/var/log")
+CLIENT_POLL_SECONDS = 1.0
 
 
-def check_pool_path(path: Path, existing: list[Path], data_dir: Path) -> None:
-    real = path.resolve()
-    if real == Path("/") or any(real == Path(d) or real.is_relative_to(d) for d in _SYSTEM_DIRS):
-        raise InvalidSpec("path", f"{path} is a system directory; pools need a directory of their own")
-    for other in existing:
-        other_real = other.resolve()
-        if real == other_real or real.is_relative_to(other_real) or other_real.is_relative_to(real):
-            raise InvalidSpec("path", f"{path} overlaps the pool at {other}")
-    if data_dir.resolve().is_relative_to(real):
-        raise InvalidSpec("path", f"{path} contains virtfleet's own data directory")
+async def _unless_abandoned(work: Awaitable[T], client_gone: Callable[[], Awaitable[bool]] | None, what: str) -> T:
+    """Await `work`, cancelled (its qemu-img killed, its files removed) if the client hangs up meanwhile, or if this
+    request is itself cancelled: a conversion nobody waits for must not keep a core busy."""
+    task = asyncio.ensure_future(work)
+    try:
+        while client_gone is not None and not task.done():
+            done, _ = await asyncio.wait([task], timeout=CLIENT_POLL_SECONDS)
+            if not done and await client_gone():
+                raise transfer.TransferError(f"{what} was stopped: the client hung up; nothing was kept")
+        return await task
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        raise
 
 
 def remove_partial_files(backend: PoolBackend) -> list[str]:
@@ -472,7 +522,7 @@ def remove_partial_files(backend: PoolBackend) -> list[str]:
     if not backend.supports_backing_files or not backend.mount_path.is_dir():
         return []
     partial = [*backend.mount_path.glob(".*.part-*")]
-    staging = backend.mount_path / ".incoming"
+    staging = backend.mount_path / STAGING_DIR
     if staging.is_dir():
         partial += list(staging.iterdir())
     for path in partial:
@@ -505,6 +555,9 @@ def pool_staging(backend: PoolBackend) -> Path:
     if not backend.supports_backing_files:
         raise Unsupported(f"{backend.spec.type} pools hold block devices: upload or import into a dir pool, "
                           "then copy")
-    staging = backend.mount_path / ".incoming"
-    staging.mkdir(exist_ok=True)
+    staging = backend.mount_path / STAGING_DIR
+    try:
+        staging.mkdir(exist_ok=True)
+    except OSError as error:
+        raise transfer.write_failure(error, f"cannot make {staging}") from error
     return staging

@@ -76,6 +76,8 @@ class Pool(BaseModel):
     name: str
     spec: PoolSpec
     mount_path: str  # where the pool's volumes are reachable on this host
+    owns_path: bool = Field(default=False, description="virtfleet made the directory, so deleting the pool removes "
+                                                       "it (when nothing but virtfleet's own files is left in it)")
     state: Literal["active", "inactive"] = "active"
     state_reason: str = ""
     usage: PoolUsage | None = None

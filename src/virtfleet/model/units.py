@@ -34,3 +34,14 @@ def format_mib(mib: int) -> str:
     if mib % 1024 == 0:
         return f"{mib // 1024}G"
     return f"{mib}M"
+
+
+_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_size(size: int) -> str:
+    """A byte count as people read it: "60 TiB", "1.5 GiB", "512 bytes"."""
+    value, unit = float(size), 0
+    while value >= 1024 and unit < len(_UNITS) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{size} bytes" if unit == 0 else f"{value:.1f}".removesuffix(".0") + f" {_UNITS[unit]}"

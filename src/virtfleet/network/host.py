@@ -27,6 +27,7 @@ __all__ = [
     "Route",
     "bridge_mac",
     "bridge_name",
+    "bridge_problem",
     "check_subnet_free",
     "delete_link",
     "delete_table",
@@ -220,6 +221,17 @@ def link_exists(name: str) -> bool:
     """Whether a link of that name exists in this namespace (ours or the host's: a bridge or uplink to check)."""
     _check_ifname(name, "name")
     return name in _links()
+
+
+def bridge_problem(name: str) -> str | None:
+    """Why guests cannot join the host bridge `name` (it is missing, or some other kind of link); None if they can."""
+    _check_ifname(name, "bridge")
+    link = _links().get(name)
+    if link is None:
+        return f"there is no interface {name} on this host"
+    if _kind(link) != "bridge":
+        return f"{name} is a {_kind(link)}, not a bridge: guests join a Linux bridge (ip link add NAME type bridge)"
+    return None
 
 
 def tap_exists(name: str) -> bool:

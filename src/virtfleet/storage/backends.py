@@ -9,11 +9,14 @@ import contextlib
 import glob
 import importlib
 import os
+import shutil
 from pathlib import Path
 from typing import Protocol
 
 from virtfleet.model.storage import PoolSpec, PoolUsage, VolumeFormat
 from virtfleet.storage import qemu_img
+
+STAGING_DIR = ".incoming"  # where uploads and imports wait inside a pool while they are checked
 
 
 class PoolBackend(Protocol):
@@ -30,8 +33,9 @@ class PoolBackend(Protocol):
         """Undo activate() where that means something (unmount); volumes are kept."""
         ...
 
-    def destroy(self) -> None:
-        """Remove what activate() created, once the pool is empty."""
+    def destroy(self, *, owns_directory: bool) -> None:
+        """Remove what virtfleet made for the pool, once it is empty: its staging area, and its directory only when
+        virtfleet created it (`owns_directory`) and nothing else is in it."""
         ...
 
     def usage(self) -> PoolUsage: ...
@@ -62,12 +66,17 @@ class DirBackend:
     def deactivate(self) -> None:
         return None
 
-    def destroy(self) -> None:
-        # Only an empty directory goes: a pool never deletes files it does not know about.
+    def destroy(self, *, owns_directory: bool) -> None:
+        staging = self.mount_path / STAGING_DIR
         with contextlib.suppress(OSError):
-            (self.mount_path / ".incoming").rmdir()  # our own (empty) staging directory
-        with contextlib.suppress(OSError):
-            self.mount_path.rmdir()
+            if owns_directory:
+                shutil.rmtree(staging)  # all ours: the directory was made by us, and so was everything in .incoming
+            else:
+                staging.rmdir()  # in a directory we were lent, only if empty: it may have been there before us
+        if owns_directory:
+            # Only an empty directory goes: a pool never deletes files it does not know about.
+            with contextlib.suppress(OSError):
+                self.mount_path.rmdir()
 
     def usage(self) -> PoolUsage:
         stat = os.statvfs(self.mount_path)

@@ -244,7 +244,7 @@ class LvmBackend:
     def deactivate(self) -> None:
         return None  # the VG belongs to the host; volumes stay active for the VMs that use them
 
-    def destroy(self) -> None:
+    def destroy(self, *, owns_directory: bool) -> None:
         return None  # we made neither the VG nor the thin pool, so there is nothing of ours to remove
 
     def usage(self) -> PoolUsage:

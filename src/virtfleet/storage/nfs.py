@@ -131,9 +131,9 @@ class NfsBackend(DirBackend):
             _run([_tool("umount", "install it with: apt-get install mount"), str(self.mount_path)],
                  f"cannot unmount {self.mount_path}")
 
-    def destroy(self) -> None:
+    def destroy(self, *, owns_directory: bool) -> None:
         if self._mount() is None:  # never rmdir through a mount: only the empty local mount point goes
-            super().destroy()
+            super().destroy(owns_directory=owns_directory)
 
     def usage(self) -> PoolUsage:
         self._require_mounted()

@@ -12,11 +12,11 @@ snapshots) opens backing files and must only see images already accepted by `ins
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import struct
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound
-from virtfleet.hostcmd import run_tool
+from virtfleet.errors import Conflict, DriverError, InsufficientStorage, InvalidSpec, NotFound, VirtfleetError
+from virtfleet.hostcmd import Limits, run_tool, running
+from virtfleet.model.units import format_size
 
 QEMU_IMG = "qemu-img"
 UNTRUSTED_FORMATS = frozenset({"qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi"})
@@ -33,8 +34,15 @@ PREALLOCATION_MODES = frozenset({"off", "metadata", "falloc", "full"})
 
 # qemu-img info on a crafted image can burn memory and CPU (huge L1 or snapshot tables): bound it like OpenStack does.
 INFO_TIMEOUT = 60.0
-UNTRUSTED_ADDRESS_SPACE = 1 << 30
-UNTRUSTED_CPU_SECONDS = 30
+UNTRUSTED_LIMITS = Limits(cpu_seconds=30, address_space=1 << 30)
+# A conversion is bounded in time by what it has to do: read the allocated data at no less than CONVERT_DATA_RATE
+# and walk the virtual size at no less than CONVERT_SCAN_RATE (a sparse vhdx walks at ~25 GiB/s here), after
+# CONVERT_BASE_SECONDS of slack. Its CPU time has the same bound; 1 GiB of address space was measured to suffice.
+CONVERT_BASE_SECONDS = 300.0
+CONVERT_DATA_RATE = 16 << 20
+CONVERT_SCAN_RATE = 2 << 30
+CONVERT_ADDRESS_SPACE = 2 << 30
+_NO_SPACE = ("No space left on device", "Disk quota exceeded")
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _VMDK4_MAGIC = b"KDMV"
@@ -104,13 +112,20 @@ def _one_line(stderr: str) -> str:
     return " ".join(errors or lines) or "no error message"
 
 
+def _out_of_space(what: str, error: QemuImgError) -> VirtfleetError:
+    """A write that failed for want of space is the pool's state, not qemu-img's fault: say so (HTTP 507)."""
+    if error.cause is not None and any(message in error.cause for message in _NO_SPACE):
+        return InsufficientStorage(f"{what}: {error.cause}")
+    return error
+
+
 def _run(args: Sequence[str], *, timeout: float | None = None, limited: bool = False) -> str:
-    argv = [_binary(), *args]
-    prlimit = shutil.which("prlimit") if limited else None
-    if prlimit:
-        argv = [prlimit, f"--as={UNTRUSTED_ADDRESS_SPACE}", f"--cpu={UNTRUSTED_CPU_SECONDS}", "--", *argv]
-    return run_tool(argv, what=f"qemu-img {args[0]} failed", timeout=timeout, error=QemuImgError,
-                    condense=_one_line).stdout
+    what = f"qemu-img {args[0]} failed"
+    try:
+        return run_tool([_binary(), *args], what=what, timeout=timeout, error=QemuImgError, condense=_one_line,
+                        limits=UNTRUSTED_LIMITS if limited else None).stdout
+    except QemuImgError as error:
+        raise _out_of_space(what, error) from error
 
 
 # --- reading images -----------------------------------------------------------------------------------------------
@@ -250,33 +265,37 @@ def _supports_direct(dst: Path) -> bool:
     return True
 
 
+def convert_timeout(source: ImageInfo) -> float:
+    """How long converting `source` may take before it is stopped (see CONVERT_DATA_RATE)."""
+    return CONVERT_BASE_SECONDS + source.actual_size / CONVERT_DATA_RATE + source.virtual_size / CONVERT_SCAN_RATE
+
+
 def _convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, progress: Callable[[float], None] | None,
              cache: list[str]) -> None:
     _refuse_existing(dst)
+    timeout = convert_timeout(info(src, src_fmt))
+    limits = Limits(cpu_seconds=math.ceil(timeout), address_space=CONVERT_ADDRESS_SPACE)
     argv = [_binary(), "convert", "-p", *cache, "-f", src_fmt, "-O", dst_fmt, _arg(src), _arg(dst)]
+    what = "qemu-img convert failed"
     # stderr goes to a file, not a pipe, so a chatty qemu-img never blocks while we only read stdout.
     with tempfile.TemporaryFile() as stderr:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
-        except OSError as exc:
-            raise DriverError(f"cannot run {QEMU_IMG}", str(exc)) from exc
-        try:
-            assert proc.stdout is not None
-            with proc.stdout:
-                last = -1.0
-                for percent in _progress_values(proc.stdout.fileno()):
-                    if progress is not None and percent > last:
-                        last = percent
-                        progress(percent)
-            returncode = proc.wait()
+            with running(argv, what=what, timeout=timeout, error=QemuImgError, limits=limits, stderr=stderr) as run:
+                assert run.proc.stdout is not None
+                with run.proc.stdout:
+                    last = -1.0
+                    for percent in _progress_values(run.proc.stdout.fileno()):
+                        if progress is not None and percent > last:
+                            last = percent
+                            progress(percent)
+                returncode = run.proc.wait()
+            run.check_killed()
             if returncode != 0:
                 stderr.seek(0)
-                raise QemuImgError("qemu-img convert failed", _one_line(stderr.read().decode(errors="replace")))
+                raise _out_of_space(what, QemuImgError(what, _one_line(stderr.read().decode(errors="replace"))))
             if progress is not None and last < 100.0:
                 progress(100.0)
         except BaseException:
-            proc.kill()
-            proc.wait()
             dst.unlink(missing_ok=True)
             raise
 
@@ -412,10 +431,11 @@ def inspect_untrusted(
     except QemuImgError as exc:
         raise InvalidSpec("format", f"{path.name} is not a valid {fmt} image: {exc.cause}") from exc
     image = _image_info(data, path)
+    # Before anything reads the image further: a tiny file can claim a size that takes hours to walk.
+    if max_virtual_size is not None and image.virtual_size > max_virtual_size:
+        raise InvalidSpec("virtual_size", f"{path.name} claims a virtual size of {format_size(image.virtual_size)} "
+                                          f"({image.virtual_size} bytes), more than the largest volume this server "
+                                          f"accepts ({format_size(max_virtual_size)})")
     _check_format_specific(path, fmt, data)
     _check_backing(path, image, allowed_roots)
-    if max_virtual_size is not None and image.virtual_size > max_virtual_size:
-        raise InvalidSpec(
-            "virtual_size", f"{path.name} is {image.virtual_size} bytes, more than the limit of {max_virtual_size}"
-        )
     return image

@@ -7,6 +7,7 @@ or a cancelled task, removes the partial file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from virtfleet.errors import Conflict, InvalidSpec, VirtfleetError
+from virtfleet.errors import Conflict, InsufficientStorage, InvalidSpec, VirtfleetError
+from virtfleet.hostcmd import STOPPED, abandoned
 
 CHUNK = 4 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -36,6 +38,17 @@ class TransferError(VirtfleetError):
 
     def details(self) -> dict[str, object]:
         return {"status": self.status} if self.status is not None else {}
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_failure(error: OSError, what: str) -> VirtfleetError:
+    """The error for a failed write: a full (or over-quota) file system is the pool's state, said as such (HTTP
+    507); anything else is a failed transfer."""
+    if error.errno in _NO_SPACE:
+        return InsufficientStorage(f"{what}: {error.strerror or error}; free space in the pool and retry")
+    return TransferError(f"{what}: {error.strerror or error}")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -74,14 +87,17 @@ def atomic_destination(final: Path) -> Iterator[Path]:
         yield temp
         if not temp.is_file():
             raise TransferError(f"nothing was written for {final.name}")
-        # Data reaches the disk before the name does: a crash never leaves a complete-looking but empty file.
-        fd = os.open(temp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _publish(temp, final)
-        _fsync_dir(final.parent)
+            # Data reaches the disk before the name does: a crash never leaves a complete-looking but empty file.
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _publish(temp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise write_failure(exc, f"cannot store {final.name}") from exc
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -120,6 +136,8 @@ def _write_chunks(
         try:
             with open(temp, "xb") as out:
                 for chunk in chunks:
+                    if abandoned():  # a cancelled job: a thread cannot be stopped, so it stops itself
+                        raise TransferError(f"{dst.name}: {STOPPED}")
                     done += len(chunk)
                     _check_limit(done, max_bytes, dst.name)
                     digest.update(chunk)
@@ -127,7 +145,7 @@ def _write_chunks(
                     if progress is not None:
                         progress(done, total or 0)
         except OSError as exc:
-            raise TransferError(f"cannot write {dst.name}: {exc.strerror or exc}") from exc
+            raise write_failure(exc, f"cannot write {dst.name}") from exc
         if total is not None and done != total:
             raise TransferError(f"{dst.name}: received {done} bytes, expected {total}")
         actual = digest.hexdigest()

@@ -17,9 +17,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from virtfleet.errors import Conflict, NotFound
+from virtfleet.errors import Conflict, NotFound, ServiceUnavailable
 from virtfleet.model.job import Event, Job, JobStatus
 from virtfleet.model.vm import Vm, VmSpec, VmState
 from virtfleet.store.tables import SPEC_SCHEMA_VERSION, EventRow, JobRow, VmRow
@@ -91,6 +92,19 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+# SQLITE_FULL, and PostgreSQL's disk_full class (53100) and "No space left on device" from the server.
+_FULL_MESSAGES = ("database or disk is full", "No space left on device", "Disk quota exceeded")
+_PG_DISK_FULL = "53100"
+
+
+def _out_of_space(error: OperationalError) -> str | None:
+    """Why a write failed, when the reason is a full (or over-quota) file system."""
+    if getattr(error.orig, "sqlstate", None) == _PG_DISK_FULL or getattr(error.orig, "pgcode", None) == _PG_DISK_FULL:
+        return "its file system is full"
+    text = str(error.orig)
+    return next((f"its file system is full ({message})" for message in _FULL_MESSAGES if message in text), None)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -120,8 +134,15 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except OperationalError as error:
+            if not _out_of_space(error):
+                raise
+            # Reads still work on a full disk: only the changes are refused, with the reason.
+            raise ServiceUnavailable(f"the database cannot record changes: {_out_of_space(error)}; free space "
+                                     "on its file system and retry") from error
 
     # --- change notices (after the commit, so listeners never see what a rollback undoes) -------------------
     def _vm_changed(self, vm: Vm) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from sqlalchemy import select
@@ -12,9 +13,15 @@ from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat
 from virtfleet.store.db import Database, as_utc, utcnow
 from virtfleet.store.tables import PoolRow, VolumeRow
 
+# Kept beside the spec in spec_json (no column needed): whether virtfleet made the pool's directory. Rows written
+# before it existed lack it and read as False, so their directories are never removed.
+_OWNS_PATH = "virtfleet_owns_path"
+
 
 def _pool(row: PoolRow) -> Pool:
-    return Pool(name=row.name, spec=PoolSpec.model_validate_json(row.spec_json), mount_path=row.mount_path,
+    data = json.loads(row.spec_json)
+    owns_path = data.pop(_OWNS_PATH, False) is True
+    return Pool(name=row.name, spec=PoolSpec.model_validate(data), mount_path=row.mount_path, owns_path=owns_path,
                 created_at=as_utc(row.created_at))
 
 
@@ -23,10 +30,11 @@ class StorageRepo:
         self.db = db
 
     # --- pools ---------------------------------------------------------------------------------------------
-    def add_pool(self, spec: PoolSpec, mount_path: str) -> Pool:
+    def add_pool(self, spec: PoolSpec, mount_path: str, *, owns_path: bool = False) -> Pool:
+        spec_json = json.dumps({**spec.model_dump(mode="json"), _OWNS_PATH: owns_path})
         try:
             with self.db.session() as session:
-                row = PoolRow(name=spec.name, type=spec.type, spec_json=spec.model_dump_json(), mount_path=mount_path,
+                row = PoolRow(name=spec.name, type=spec.type, spec_json=spec_json, mount_path=mount_path,
                               created_at=utcnow())
                 session.add(row)
                 session.flush()
