@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtfleet.storage.addresses import ALLOW_VARIABLE, IPNetwork, parse_networks
+
 DEFAULT_PORT = 8470
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)
@@ -36,6 +38,8 @@ class Settings:
     reconcile_interval: float = 1.0
     metrics_interval: float = 10.0  # how often each running VM's usage is sampled (the last hour is kept)
     qemu_binary: str = "qemu-system-x86_64"
+    # Imports from a URL fetch only from public addresses, and from these networks (VIRTFLEET_IMPORT_ALLOW).
+    import_allow: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -46,6 +50,7 @@ class Settings:
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
             "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
+            "import_allow": parse_networks(env.get(ALLOW_VARIABLE, "")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -57,7 +57,8 @@ class Server:
         runner = JobRunner(db)
         images = ImageCatalog(settings.images_dir, builders)
         host = host_name()
-        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path))
+        storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path),
+                                 import_allow=settings.import_allow)
         storage.ensure_default_pool(settings.default_pool)
         disks = DiskResolver(db, storage, settings.data_dir / "seeds")
         networks = NetworkService(db, settings.data_dir / "networks")

@@ -33,8 +33,8 @@ def fake_tiny_builder(dest: Path, *, progress: Callable[[str], None] | None = No
     return write_manifest(dest, name="tiny", kernel_release="0.0.0-fake")
 
 
-def make_settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, driver="fake", reconcile_interval=0.1)
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(**{"data_dir": data_dir, "driver": "fake", "reconcile_interval": 0.1, **overrides})
 
 
 class Api:
@@ -103,8 +103,9 @@ class Api:
         return vm
 
 
-def open_api(data_dir: Path, *, build_image: bool = True) -> Iterator[Api]:
-    settings = make_settings(data_dir)
+def open_api(data_dir: Path, *, build_image: bool = True, **overrides: Any) -> Iterator[Api]:
+    """The API on `make_settings(data_dir, **overrides)`, acting as the admin."""
+    settings = make_settings(data_dir, **overrides)
     app = create_app(settings, builders={"tiny": fake_tiny_builder})
     with TestClient(app) as client:
         # `serve` writes the local admin token on first start; the tests act as that admin unless they say otherwise.

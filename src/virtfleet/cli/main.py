@@ -72,7 +72,10 @@ def serve(
     if not is_loopback(host) and tls_cert is None:
         err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS: passwords, session cookies and "
                   "API tokens cross the network in clear text; pass --tls-cert and --tls-key")
-    settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
+    try:
+        settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
+    except ValueError as exc:  # a malformed VIRTFLEET_* variable
+        fail(str(exc), as_json=False)
     api = create_app(settings)
     config = uvicorn.Config(api, host=host, port=port, log_level=log_level,
                             ssl_certfile=str(tls_cert) if tls_cert else None,

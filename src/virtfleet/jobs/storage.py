@@ -14,16 +14,16 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.model.job import Job
 from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
 from virtfleet.storage import qemu_img, transfer
+from virtfleet.storage.addresses import IPNetwork
 from virtfleet.storage.archive import extract_ova_disks
 from virtfleet.storage.backends import PoolBackend, create_backend, default_mount_path
 from virtfleet.store.db import Database
@@ -46,8 +46,10 @@ AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM us
 
 
 class StorageService:
-    def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup) -> None:
+    def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup, *,
+                 import_allow: Sequence[IPNetwork] = ()) -> None:
         self.repo = StorageRepo(db)
+        self.import_allow = tuple(import_allow)  # non-public networks imports may fetch from (admin's choice)
         self.runner = runner
         self.data_dir = data_dir
         self.attached_to = attached_to
@@ -297,9 +299,8 @@ class StorageService:
         return self._submit("volume.build", f"{pool.name}/{name}", work)
 
     def import_url(self, pool_name: str, name: str, url: str, fmt: str, *, sha256: str | None = None) -> Job:
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            raise InvalidSpec("url", f"{url!r} is not an http or https URL")
         check_sha256(sha256)
+        transfer.check_url(url, self.import_allow)
         pool = self.repo.get_pool(pool_name)
         stored = stored_format(fmt)
         backend = self._check_new(pool, name, stored, None)
@@ -315,7 +316,8 @@ class StorageService:
 
             incoming = staging / f"{name}.download"
             try:
-                digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256)
+                digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256,
+                                               allow=self.import_allow)
                 volume = self._register_incoming(pool, backend, name, incoming, fmt, stored, context)
             finally:
                 incoming.unlink(missing_ok=True)
