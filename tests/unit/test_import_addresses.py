@@ -6,7 +6,10 @@ Every request goes to servers the test starts on 127.0.0.1 and 127.0.0.2; other 
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,12 +57,14 @@ class Recorder(BaseHTTPRequestHandler):
 
 
 class Web:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[tuple[str, str]] = []
         handler = type("Handler", (Recorder,), {"seen": self.seen})
         self.httpd = ThreadingHTTPServer((address, 0), handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = int(self.httpd.server_address[1])
-        self.url = f"http://{address}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{address}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -209,3 +214,25 @@ def test_the_connection_goes_to_the_address_that_was_checked(web: Web, other_web
     fake_dns["files.example"] = ["127.0.0.2"]
     with pytest.raises(InvalidSpec, match=r"files\.example resolves to 127\.0\.0\.2, a loopback address"):
         download_url(url, tmp_path / "again.raw", allow=ONLY_127_0_0_1)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_is_pinned_too_and_the_certificate_is_checked_against_the_name(
+        tmp_path: Path, fake_dns: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-days", "1",
+                    "-subj", "/CN=files.example", "-addext", "subjectAltName=DNS:files.example"],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # trust the test's certificate only
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    web = Web("127.0.0.1", tls)
+    try:
+        fake_dns["files.example"] = ["127.0.0.1"]
+        fake_dns["other.example"] = ["127.0.0.1"]
+        download_url(f"https://files.example:{web.port}/image.raw", tmp_path / "disk.raw", allow=ONLY_127_0_0_1)
+        assert (tmp_path / "disk.raw").read_bytes() == BODY
+        with pytest.raises(TransferError, match="certificate"):  # same address, but not the certificate's name
+            download_url(f"https://other.example:{web.port}/image.raw", tmp_path / "x.raw", allow=ONLY_127_0_0_1)
+    finally:
+        web.close()
