@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from virtfleet.errors import DriverError
+from virtfleet.private_files import PRIVATE_UMASK
 
 SBIN = ("/usr/sbin", "/sbin")  # ip, nft, lvm and mount helpers live here; a non-login PATH may lack them
 
@@ -36,11 +37,12 @@ def run_tool(
     condense: Callable[[str], str] = first_line,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one command in the C locale (messages we match on stay English); `error(what, cause)` when it cannot run,
-    times out, or (with `check`) exits non-zero, the cause being its stderr condensed to one line."""
+    """Run one command in the C locale (messages we match on stay English) and a private umask (the images qemu-img
+    creates are 0600); `error(what, cause)` when it cannot run, times out, or (with `check`) exits non-zero, the cause
+    being its stderr condensed to one line."""
     try:
         done = subprocess.run(list(argv), input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, check=False, timeout=timeout,
+                              capture_output=True, text=True, check=False, timeout=timeout, umask=PRIVATE_UMASK,
                               env={**os.environ, "LC_ALL": "C", **(env or {})})
     except subprocess.TimeoutExpired:
         raise error(what, f"no answer after {timeout:g}s") from None

@@ -113,6 +113,16 @@ def test_copy_verifies_and_reports_progress(source: Path, pool: Path) -> None:
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
+@pytest.mark.usefixtures("usual_umask")
+def test_what_lands_in_a_pool_is_private(source: Path, pool: Path) -> None:
+    copy_file(source, pool / "copied.raw")
+    write_stream([b"x" * 100], pool / "streamed.raw", total=100)
+    with atomic_destination(pool / "moved.raw") as temp:
+        temp.write_bytes(b"made by someone else, 0644")
+    assert {p.name: p.stat().st_mode & 0o777 for p in pool.iterdir()} == {
+        "copied.raw": 0o600, "streamed.raw": 0o600, "moved.raw": 0o600}
+
+
 def test_copy_checksum_mismatch_leaves_nothing(source: Path, pool: Path) -> None:
     with pytest.raises(TransferError) as caught:
         copy_file(source, pool / "disk.raw", expected_sha256=WRONG_SHA)

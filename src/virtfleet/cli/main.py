@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from virtfleet.cli.demo import demo
 from virtfleet.cli.events import events
 from virtfleet.cli.output import JsonOption, err, fail, out, run, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings, is_loopback
+from virtfleet.private_files import PRIVATE_UMASK
 
 app = typer.Typer(
     help="virtfleet: run QEMU/KVM virtual machines on one host or a fleet.",
@@ -68,6 +70,9 @@ def serve(
 
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", as_json=False)
+    # Everything the server and its children (QEMU, qemu-img, dnsmasq) create is private: disk images, the database,
+    # sockets, logs. The places that create files set modes too; this covers what they do not know about.
+    os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not is_loopback(host) and tls_cert is None:
         err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS: passwords, session cookies and "

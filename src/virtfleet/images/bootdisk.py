@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virtfleet.images.tiny import ImageBuildError, Progress
+from virtfleet.private_files import PRIVATE_FILE
 
 SECTOR = 512
 MIB = 1 << 20
@@ -190,7 +191,7 @@ def build_boot_disk(
             say("converting to qcow2")
             final = staging / "disk.qcow2"
             _run([tools["qemu-img"], "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(final)])
-        os.chmod(final, 0o644)
+        os.chmod(final, PRIVATE_FILE)
         os.replace(final, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -22,6 +22,7 @@ from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.model.job import Job
 from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
+from virtfleet.private_files import PRIVATE_FILE, make_private_dir
 from virtfleet.storage import qemu_img, transfer
 from virtfleet.storage.addresses import IPNetwork
 from virtfleet.storage.archive import extract_ova_disks
@@ -237,7 +238,7 @@ class StorageService:
         path = Path(volume.path)
         if path.is_file():
             # Clones share it: make accidental writes fail at the file-system level too.
-            path.chmod(0o444 if template else 0o644)
+            path.chmod(0o400 if template else PRIVATE_FILE)
         return self._attached(self.repo.update_volume(volume.id, template=template))
 
     def clone_volume(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None) -> Job:
@@ -455,5 +456,5 @@ def pool_staging(backend: PoolBackend) -> Path:
         raise Unsupported(f"{backend.spec.type} pools hold block devices: upload or import into a dir pool, "
                           "then copy")
     staging = backend.mount_path / ".incoming"
-    staging.mkdir(exist_ok=True)
+    make_private_dir(staging)
     return staging

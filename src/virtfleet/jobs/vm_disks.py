@@ -71,7 +71,7 @@ class DiskResolver:
         disks = [disk.model_copy(update={"backing_chain": backing_chain(disk, roots, f"disks[{index}]")})
                  for index, disk in enumerate(vm.spec.disks)]
         if vm.spec.cloud_init is not None:
-            self.seed_dir.mkdir(parents=True, exist_ok=True)
+            self.seed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             seed = self.seed_dir / f"{vm.id}.iso"
             build_seed_iso(cloud_init_for(vm.name, vm.id, vm.spec.cloud_init), seed)
             disks.append(DiskSpec(path=str(seed), format="raw", readonly=True))

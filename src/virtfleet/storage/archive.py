@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.private_files import create_private
 from virtfleet.storage.transfer import CHUNK, TransferError
 
 MAX_MEMBERS = 64
@@ -202,7 +203,7 @@ def _copy_member(
     assert stream is not None  # safe_members only returns regular files
     try:
         # O_EXCL: never write through a symlink or over a file someone put at this name.
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = create_private(dst)
     except FileExistsError:
         stream.close()
         raise Conflict(f"{dst} already exists") from None

@@ -57,7 +57,8 @@ class DirBackend:
         self.mount_path = mount_path
 
     def activate(self) -> None:
-        self.mount_path.mkdir(parents=True, exist_ok=True)
+        # Private if we make it; a directory the admin made keeps its rights (its volumes are 0600 anyway).
+        self.mount_path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def deactivate(self) -> None:
         return None

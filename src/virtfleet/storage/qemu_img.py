@@ -26,6 +26,7 @@ from typing import Any
 
 from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound
 from virtfleet.hostcmd import run_tool
+from virtfleet.private_files import PRIVATE_UMASK
 
 QEMU_IMG = "qemu-img"
 UNTRUSTED_FORMATS = frozenset({"qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi"})
@@ -245,7 +246,8 @@ def _convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, progress: Callabl
     # stderr goes to a file, not a pipe, so a chatty qemu-img never blocks while we only read stdout.
     with tempfile.TemporaryFile() as stderr:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                                    umask=PRIVATE_UMASK)  # the new image is private (0600)
         except OSError as exc:
             raise DriverError(f"cannot run {QEMU_IMG}", str(exc)) from exc
         try:

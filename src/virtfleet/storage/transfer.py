@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from virtfleet.errors import Conflict, InvalidSpec, VirtfleetError
+from virtfleet.private_files import PRIVATE_FILE, create_private
 from virtfleet.storage import addresses
 from virtfleet.storage.addresses import IPNetwork
 
@@ -68,7 +69,8 @@ def _publish(temp: Path, final: Path) -> None:
 def atomic_destination(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final` (not yet created); on success it becomes `final`, else it is removed.
 
-    The caller creates and fills the file (exclusively, e.g. open(path, "xb") or qemu-img convert).
+    The caller creates and fills the file (exclusively, e.g. private_files.create_private or qemu-img convert).
+    What is published is private (0600): a disk image holds whatever its guest wrote.
     """
     if os.path.lexists(final):
         raise Conflict(f"{final} already exists")
@@ -77,6 +79,7 @@ def atomic_destination(final: Path) -> Iterator[Path]:
         yield temp
         if not temp.is_file():
             raise TransferError(f"nothing was written for {final.name}")
+        os.chmod(temp, PRIVATE_FILE)  # also what a caller moved in or a tool made with looser rights
         # Data reaches the disk before the name does: a crash never leaves a complete-looking but empty file.
         fd = os.open(temp, os.O_RDONLY)
         try:
@@ -121,7 +124,7 @@ def _write_chunks(
     done = 0
     with atomic_destination(dst) as temp:
         try:
-            with open(temp, "xb") as out:
+            with os.fdopen(create_private(temp), "wb") as out:
                 for chunk in chunks:
                     done += len(chunk)
                     _check_limit(done, max_bytes, dst.name)
