@@ -12,6 +12,7 @@ _STATUS: list[tuple[type[errors.VirtfleetError], int]] = [
     (errors.AuthenticationFailed, 401),
     (errors.Forbidden, 403),
     (errors.TooManyAttempts, 429),
+    (errors.BodyTooLarge, 413),
     (errors.NotFound, 404),
     (errors.InvalidSpec, 422),
     (errors.Conflict, 409),  # Busy and InvalidState included

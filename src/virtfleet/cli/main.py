@@ -67,6 +67,7 @@ def serve(
 
     from virtfleet.api.app import create_app
     from virtfleet.api.events import UvicornServer
+    from virtfleet.api.limits import MAX_BODY_BYTES
 
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", as_json=False)
@@ -82,7 +83,8 @@ def serve(
     except ValueError as exc:  # a malformed VIRTFLEET_* variable
         fail(str(exc), as_json=False)
     api = create_app(settings)
-    config = uvicorn.Config(api, host=host, port=port, log_level=log_level,
+    # WebSocket messages (console keystrokes, VNC input) are small: the same cap as request bodies, not 16 MiB.
+    config = uvicorn.Config(api, host=host, port=port, log_level=log_level, ws_max_size=MAX_BODY_BYTES,
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None)
     server = UvicornServer(config, api)
