@@ -11,7 +11,7 @@ from virtfleet.storage.addresses import ALLOW_VARIABLE, IPNetwork, parse_network
 
 DEFAULT_PORT = 8470
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
-ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)
+ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)  # noqa: S105 - a file name, not a secret
 
 
 def is_loopback(host: str) -> bool:

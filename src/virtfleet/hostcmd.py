@@ -41,7 +41,8 @@ def run_tool(
     creates are 0600); `error(what, cause)` when it cannot run, times out, or (with `check`) exits non-zero, the cause
     being its stderr condensed to one line."""
     try:
-        done = subprocess.run(list(argv), input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+        # S603: an argument list and no shell; callers pass tools they looked up and values they checked.
+        done = subprocess.run(list(argv), input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,  # noqa: S603
                               capture_output=True, text=True, check=False, timeout=timeout, umask=PRIVATE_UMASK,
                               env={**os.environ, "LC_ALL": "C", **(env or {})})
     except subprocess.TimeoutExpired:

@@ -118,7 +118,7 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     ("::ffff:10.0.0.1", "a private address"),
     ("64:ff9b::a00:1", "a private address"),  # NAT64 to 10.0.0.1
     ("2002:c0a8:101::1", "a private address"),  # 6to4 of 192.168.1.1
-    ("0.0.0.0", "an unspecified address"),
+    ("0.0.0.0", "an unspecified address"),  # noqa: S104 - an address to refuse, not one to bind
     ("::", "an unspecified address"),
     ("224.0.0.1", "a multicast address"),
     ("ff02::1", "a multicast address"),

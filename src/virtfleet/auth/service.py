@@ -24,9 +24,9 @@ from virtfleet.store.db import Database
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "vf_"
+TOKEN_PREFIX = "vf_"  # noqa: S105 - a prefix, not a secret
 BOOTSTRAP_USER = "admin"
-BOOTSTRAP_TOKEN_NAME = "local-admin"
+BOOTSTRAP_TOKEN_NAME = "local-admin"  # noqa: S105 - a token's name, not a secret
 SESSION_LIFETIME = timedelta(hours=12)
 # Login attempts allowed per user name within the window (a success forgets them); then that name is refused until
 # the window passes.

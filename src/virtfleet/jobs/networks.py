@@ -55,7 +55,7 @@ class NetworkService:
             await asyncio.to_thread(host.check_subnet_free, spec.subnet, existing)
             self._check_dhcp_range(spec)
         if spec.mode == "bridge":
-            assert spec.bridge is not None
+            assert spec.bridge is not None  # noqa: S101 - NetworkSpec requires it in bridge mode
             if not await asyncio.to_thread(host.link_exists, spec.bridge):
                 raise InvalidSpec("bridge", f"there is no interface {spec.bridge} on this host")
         if spec.uplink is not None and not await asyncio.to_thread(host.link_exists, spec.uplink):
@@ -70,7 +70,7 @@ class NetworkService:
 
     @staticmethod
     def _check_dhcp_range(spec: NetworkSpec) -> None:
-        assert spec.subnet is not None
+        assert spec.subnet is not None  # noqa: S101 - NetworkSpec requires it in nat/isolated mode
         subnet = ipaddress.IPv4Network(spec.subnet)
         try:
             first, last = (ipaddress.IPv4Address(a) for a in spec.dhcp_bounds())
@@ -92,7 +92,7 @@ class NetworkService:
         """Make (or re-make, after a restart) what the network needs on the host; idempotent."""
         if spec.mode not in ("nat", "isolated"):
             return
-        assert spec.subnet is not None
+        assert spec.subnet is not None  # noqa: S101 - NetworkSpec requires it in nat/isolated mode
         bridge = host.bridge_name(spec.name)
         prefix = ipaddress.IPv4Network(spec.subnet).prefixlen
         host.ensure_bridge(bridge, f"{spec.gateway()}/{prefix}")
@@ -160,7 +160,7 @@ class NetworkService:
         network = self.repo.get(nic.network)
         if network.spec.mode == "user":
             return nic.model_copy(update={"user_mode": True, "tap": None})
-        assert network.bridge is not None
+        assert network.bridge is not None  # noqa: S101 - every network but user mode has a bridge
         tap = tap_for(vm_id, nic)
         host.ensure_tap(tap, network.bridge, vlan=network.spec.vlan)
         return nic.model_copy(update={"tap": tap, "user_mode": False})

@@ -30,7 +30,7 @@ MAX_CHAIN = 32
 def backing_chain(disk: DiskSpec, roots: list[Path], field: str) -> list[BackingLayer]:
     """Walk a disk's backing files one header at a time (qemu-img info never opens a backing file), refusing any
     that leaves the pools, names a protocol, or has no explicit qcow2/raw format."""
-    assert disk.path is not None
+    assert disk.path is not None  # noqa: S101 - callers pass resolved disks
     layers: list[BackingLayer] = []
     current, fmt = Path(disk.path), str(disk.format)
     for _ in range(MAX_CHAIN):
@@ -103,7 +103,7 @@ class DiskResolver:
                 raise InvalidSpec(f"{field}.volume", f"no volume named {disk.volume}") from None
             resolved = disk.model_copy(update={"volume": volume.ref, "path": volume.path, "format": volume.format})
         else:
-            assert disk.path is not None
+            assert disk.path is not None  # noqa: S101 - DiskSpec has a volume or a path
             path = Path(disk.path)
             if not path.is_absolute():
                 raise InvalidSpec(f"{field}.path", "must be an absolute path inside a storage pool")
@@ -120,7 +120,7 @@ class DiskResolver:
         if volume is not None and volume.template and not disk.readonly:
             raise InvalidSpec(f"{field}.volume", f"{volume.ref} is a template; clone it (vm create --from-template) "
                                                  "or attach it read-only")
-        assert resolved.path is not None
+        assert resolved.path is not None  # noqa: S101 - set just above
         user = vm_using(self.db, resolved.path, except_vm=vm_name)
         if user is not None:
             raise InvalidSpec(field, f"{resolved.volume or resolved.path} is already attached to vm '{user}'")

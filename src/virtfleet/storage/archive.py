@@ -164,7 +164,7 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> b
     if member.size > limit:
         raise _refuse(member.name, f"is {member.size} bytes, more than the limit of {limit}")
     stream = tar.extractfile(member)
-    assert stream is not None  # safe_members only returns regular files
+    assert stream is not None  # noqa: S101 - safe_members only returns regular files
     with stream:
         return stream.read(limit)
 
@@ -200,7 +200,7 @@ def _copy_member(
     """Stream one member into the new file `dst`; returns its digests. On any failure `dst` is removed."""
     hashes = {algorithm: hashlib.new(_DIGESTS[algorithm][0]) for algorithm in algorithms}
     stream = tar.extractfile(member)
-    assert stream is not None  # safe_members only returns regular files
+    assert stream is not None  # noqa: S101 - safe_members only returns regular files
     try:
         # O_EXCL: never write through a symlink or over a file someone put at this name.
         fd = create_private(dst)

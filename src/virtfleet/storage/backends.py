@@ -120,9 +120,9 @@ def create_backend(spec: PoolSpec, mount_path: Path) -> PoolBackend:
 
 def default_mount_path(spec: PoolSpec, data_dir: Path) -> Path:
     if spec.type == "dir":
-        assert spec.path is not None
+        assert spec.path is not None  # noqa: S101 - PoolSpec requires it for dir pools
         return Path(spec.path)
     if spec.type == "nfs":
         return Path(spec.path) if spec.path else data_dir / "mnt" / spec.name
-    assert spec.source is not None
+    assert spec.source is not None  # noqa: S101 - PoolSpec requires a source for lvm pools
     return Path("/dev") / spec.source.split("/", 1)[0]  # LVM: /dev/VG/LV

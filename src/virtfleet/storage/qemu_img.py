@@ -246,12 +246,13 @@ def _convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, progress: Callabl
     # stderr goes to a file, not a pipe, so a chatty qemu-img never blocks while we only read stdout.
     with tempfile.TemporaryFile() as stderr:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+            # S603: an argument list and no shell; paths made absolute by _arg (never an option or protocol).
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,  # noqa: S603
                                     umask=PRIVATE_UMASK)  # the new image is private (0600)
         except OSError as exc:
             raise DriverError(f"cannot run {QEMU_IMG}", str(exc)) from exc
         try:
-            assert proc.stdout is not None
+            assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
             with proc.stdout:
                 last = -1.0
                 for percent in _progress_values(proc.stdout.fileno()):
