@@ -21,7 +21,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
-    """ "127.0.0.0/8, 10.1.2.3 fd00::/8" -> networks; raises ValueError naming the bad item."""
+    """Networks from text such as "127.0.0.0/8, 10.1.2.3 fd00::/8"; ValueError names the item that is not one."""
     networks: list[IPNetwork] = []
     for item in text.replace(",", " ").split():
         try:
