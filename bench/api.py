@@ -41,7 +41,7 @@ from virtfleet.client import parse_sse
 from virtfleet.config import Settings
 
 console = Console()
-PASSWORD = "bench-password-123"
+PASSWORD = "bench-password-123"  # noqa: S105 - the benchmark's throwaway user, in a temporary data directory
 
 
 @contextmanager

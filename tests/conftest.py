@@ -20,6 +20,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask of a login shell (022), so that private modes a test sees come from virtfleet, not from its umask."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temporary directory with a short path: unix socket paths must stay under 108 bytes."""
     path = Path(tempfile.mkdtemp(prefix="vf", dir="/tmp"))

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from virtfleet.config import ADMIN_TOKEN_FILE, DEFAULT_URL, Settings, is_loopback
+from virtfleet.private_files import create_private
 
 
 def default_token(url: str, data_dir: Path | None = None) -> str | None:
@@ -133,8 +134,10 @@ class Client:
                             params={k: v for k, v in params.items() if v is not None}, timeout=None)
 
     def download(self, path: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> int:
-        """GET a file into `dest` (written beside it under a temporary name, renamed when complete)."""
+        """GET a file into `dest` (written beside it under a temporary name, renamed when complete). A disk image
+        holds whatever its guest wrote: the file is private (0600)."""
         partial = dest.with_name(f".{dest.name}.part")
+        partial.unlink(missing_ok=True)  # left by an interrupted download (or a link someone put there: not followed)
         try:
             with self._http.stream("GET", path, timeout=None) as response:
                 if response.is_error:
@@ -142,7 +145,7 @@ class Client:
                     self._raise(response)
                 total = int(response.headers.get("content-length", 0))
                 done = 0
-                with partial.open("wb") as out:
+                with os.fdopen(create_private(partial), "wb") as out:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
                         done += len(chunk)

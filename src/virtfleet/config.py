@@ -9,6 +9,7 @@ from pathlib import Path
 
 from virtfleet.model.storage import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
 from virtfleet.model.units import format_size, parse_size_bytes
+from virtfleet.storage.addresses import ALLOW_VARIABLE, IPNetwork, parse_networks
 
 DEFAULT_PORT = 8470
 # The largest virtual size a volume may have (created, resized, cloned, uploaded or imported). 4 TiB is more than the
@@ -18,7 +19,7 @@ DEFAULT_MAX_VOLUME_SIZE = 4 * 1024**4
 # Where dir and nfs pools may be made besides the data directory's own pools/: trees an admin keeps for data.
 DEFAULT_POOL_ROOTS = (Path("/srv"), Path("/mnt"), Path("/media"), Path("/data"))
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
-ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)
+ADMIN_TOKEN_FILE = "admin.token"  # in the data directory: the local admin's API token (mode 0600)  # noqa: S105 - a file name, not a secret
 
 
 def is_loopback(host: str) -> bool:
@@ -56,6 +57,8 @@ class Settings:
         for root in self.pool_roots:
             if not root.is_absolute():
                 raise ValueError(f"pool_roots (VIRTFLEET_POOL_ROOTS): {root} is not an absolute path")
+    # Imports from a URL fetch only from public addresses, and from these networks (VIRTFLEET_IMPORT_ALLOW).
+    import_allow: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -66,6 +69,7 @@ class Settings:
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
             "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
+            "import_allow": parse_networks(env.get(ALLOW_VARIABLE, "")),
         }
         if "VIRTFLEET_MAX_VOLUME_SIZE" in env:
             try:

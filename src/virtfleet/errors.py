@@ -101,6 +101,12 @@ class TooManyAttempts(VirtfleetError):
     code = "too_many_attempts"
 
 
+class BodyTooLarge(VirtfleetError):
+    """A request body over what the API reads into memory (uploads stream and have limits of their own)."""
+
+    code = "too_large"
+
+
 class Unsupported(VirtfleetError):
     """The driver cannot do this (declared in its Capabilities)."""
 

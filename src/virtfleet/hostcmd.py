@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, ParamSpec, TypeVar
 
 from virtfleet.errors import DriverError
+from virtfleet.private_files import PRIVATE_UMASK
 
 SBIN = ("/usr/sbin", "/sbin")  # ip, nft, lvm and mount helpers live here; a non-login PATH may lack them
 STOPPED = "stopped: the work it was started for was abandoned"
@@ -194,8 +195,10 @@ def running(argv: Sequence[str], *, what: str, timeout: float | None, error: typ
     if scope is not None and scope.killed:
         raise error(what, STOPPED)
     try:
-        proc = subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
-                                env={**os.environ, "LC_ALL": "C", **(env or {})},
+        # S603: an argument list and no shell; callers pass tools they looked up and values they checked. The
+        # private umask: what a tool creates (qemu-img's images) is 0600.
+        proc = subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr,  # noqa: S603
+                                env={**os.environ, "LC_ALL": "C", **(env or {})}, umask=PRIVATE_UMASK,
                                 preexec_fn=_child_setup(os.getpid(), limits))
     except OSError as exc:
         raise error(f"cannot run {argv[0]}", str(exc)) from exc

@@ -24,10 +24,24 @@ from virtfleet.jobs.storage import StorageService
 from virtfleet.jobs.vm_disks import DiskResolver, vm_using
 from virtfleet.jobs.vm_templates import VmTemplates
 from virtfleet.jobs.vms import VmService, host_name
+from virtfleet.private_files import make_private_dir, tighten
 from virtfleet.store.db import Database
 from virtfleet.store.intent_repo import IntentLog
 
 log = logging.getLogger(__name__)
+
+SEEDS_DIR = "seeds"  # cloud-init seed disks, rebuilt at each VM start
+NETWORKS_DIR = "networks"  # dnsmasq's configuration, leases and logs
+
+
+def private_state_dirs(settings: Settings) -> None:
+    """The data directory and the directories virtfleet keeps in it are 0700: made so, or tightened at each start
+    (older versions left them 0755). A pool at a path of the admin's choosing is left as it is."""
+    make_private_dir(settings.data_dir)
+    make_private_dir(settings.default_pool)
+    for directory in (settings.default_pool.parent, settings.run_dir, settings.images_dir,
+                      settings.data_dir / SEEDS_DIR, settings.data_dir / NETWORKS_DIR):
+        tighten(directory)
 
 
 @dataclass
@@ -50,8 +64,7 @@ class Server:
 
     @classmethod
     def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings.default_pool.mkdir(parents=True, exist_ok=True)
+        private_state_dirs(settings)
         db = Database(settings.db_url)
         db.migrate()
         events = EventBus()
@@ -63,11 +76,12 @@ class Server:
         images = ImageCatalog(settings.images_dir, builders)
         host = host_name()
         storage = StorageService(db, runner, settings.data_dir, lambda path: vm_using(db, path), intents,
-                                 max_volume_size=settings.max_volume_size, pool_roots=settings.pool_roots)
+                                 max_volume_size=settings.max_volume_size, pool_roots=settings.pool_roots,
+                                 import_allow=settings.import_allow)
         storage.register_recovery(recovery)
         storage.ensure_default_pool(settings.default_pool)
-        disks = DiskResolver(db, storage, settings.data_dir / "seeds")
-        networks = NetworkService(db, settings.data_dir / "networks")
+        disks = DiskResolver(db, storage, settings.data_dir / SEEDS_DIR)
+        networks = NetworkService(db, settings.data_dir / NETWORKS_DIR)
         vms = VmService(db, driver, runner, images, host=host, disks=disks, networks=networks)
         templates = VmTemplates(db, vms, storage, runner)
         snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec)

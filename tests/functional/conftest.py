@@ -105,8 +105,9 @@ class Api:
         return vm
 
 
-def open_api(data_dir: Path, *, build_image: bool = True, **settings_overrides: Any) -> Iterator[Api]:
-    settings = make_settings(data_dir, **settings_overrides)
+def open_api(data_dir: Path, *, build_image: bool = True, **overrides: Any) -> Iterator[Api]:
+    """The API on `make_settings(data_dir, **overrides)`, acting as the admin."""
+    settings = make_settings(data_dir, **overrides)
     app = create_app(settings, builders={"tiny": fake_tiny_builder})
     with TestClient(app) as client:
         # `serve` writes the local admin token on first start; the tests act as that admin unless they say otherwise.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 
+import httpx
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
@@ -87,7 +89,7 @@ def test_operator_manages_vms_but_not_users_pools_or_networks(api: Api) -> None:
         ("PATCH", "/api/v1/users/operator-user", {"role": "admin"}),
         ("DELETE", "/api/v1/users/admin", None),
         ("POST", "/api/v1/networks", {"name": "n1", "mode": "user"}),
-        ("POST", "/api/v1/pools", {"name": "p1", "type": "dir", "path": "/tmp/p1"}),
+        ("POST", "/api/v1/pools", {"name": "p1", "type": "dir", "path": "/tmp/p1"}),  # noqa: S108 - refused, never made
         ("POST", "/api/v1/tokens", {"name": "t", "user": "admin"}),
         ("GET", "/api/v1/audit", None),
     ]:
@@ -225,6 +227,27 @@ def test_repeated_wrong_passwords_lock_the_name_for_a_while(api: Api) -> None:
         assert locked.status_code == 429 and "try again in" in locked.json()["error"]["message"]
         # Other names are not affected.
         assert client.post("/api/v1/auth/login", json={"username": "amy", "password": PASSWORD}).status_code == 200
+
+
+def test_parallel_guesses_are_counted_before_any_is_checked(api: Api) -> None:
+    """40 guesses at once, the right one last: only the first five are checked, the rest are refused unchecked."""
+    api.client.post("/api/v1/users", json={"name": "bob", "role": "viewer", "password": PASSWORD})
+    guesses = [f"guess {n}" for n in range(39)] + [PASSWORD]
+
+    async def guess_all() -> list[int]:
+        # In the app's own event loop (the TestClient's), as concurrent requests: argon2 runs in threads meanwhile.
+        transport = httpx.ASGITransport(app=api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            answers = await asyncio.gather(*(client.post("/api/v1/auth/login",
+                                                         json={"username": "bob", "password": guess})
+                                             for guess in guesses))
+        return [answer.status_code for answer in answers]
+
+    assert api.client.portal is not None
+    statuses = api.client.portal.call(guess_all)
+    assert sorted(statuses) == [401] * 5 + [429] * 35, statuses
+    with api.anonymous() as client:
+        assert client.post("/api/v1/auth/login", json={"username": "bob", "password": PASSWORD}).status_code == 429
 
 
 def test_users_change_their_own_password_by_proving_the_current_one(api: Api) -> None:

@@ -172,7 +172,7 @@ def test_templates_linked_and_full_clones(api: Api) -> None:
 
     marked = mark_template(api, "default/tmpl")
     assert marked["name"] == "tmpl"
-    assert mode_of(base) == 0o444
+    assert mode_of(base) == 0o400  # read-only, and private like every volume
 
     job = succeeded(api, clone(api, "default/tmpl", "c1", linked=True))
     assert job["kind"] == "volume.clone"
@@ -184,7 +184,7 @@ def test_templates_linked_and_full_clones(api: Api) -> None:
     assert image_info(c1, "qcow2")["backing-filename"] == str(base)
     assert same_content(c1, "qcow2", base, "qcow2")
     assert linked["actual_size"] < 1 * MiB  # an overlay, not a copy
-    assert mode_of(c1) == 0o644
+    assert mode_of(c1) == 0o600
 
     with unchanged(api):
         refused(delete_volume(api, "default/tmpl"), 409, says="default/c1")
@@ -192,7 +192,7 @@ def test_templates_linked_and_full_clones(api: Api) -> None:
         assert "clones" in error["message"]
         refused(clone(api, "default/tmpl", "c1", linked=True), 409, says="c1")
         refused(clone(api, "default/tmpl", "bad name", linked=True), 422, field="name")
-    assert mode_of(base) == 0o444 and volume(api, "default/tmpl")["template"] is True
+    assert mode_of(base) == 0o400 and volume(api, "default/tmpl")["template"] is True
 
     succeeded(api, clone(api, "default/tmpl", "full", linked=False))
     full = details(api, "default/full")
@@ -202,6 +202,7 @@ def test_templates_linked_and_full_clones(api: Api) -> None:
     assert full["backing_chain"] == [str(full_path)]
     assert "backing-filename" not in image_info(full_path, "qcow2")
     assert same_content(full_path, "qcow2", base, "qcow2")
+    assert mode_of(full_path) == 0o600
     assert not [p.name for p in pool_dir(api).iterdir() if ".part-" in p.name]
 
     with unchanged(api):  # the full clone is a plain volume, not a template
@@ -210,7 +211,7 @@ def test_templates_linked_and_full_clones(api: Api) -> None:
     # Only once its last linked clone is gone may the template be un-marked and deleted.
     succeeded(api, delete_volume(api, "default/c1"))
     mark_template(api, "default/tmpl", template=False)
-    assert mode_of(base) == 0o644
+    assert mode_of(base) == 0o600
     succeeded(api, delete_volume(api, "default/tmpl"))
     assert not base.exists()
     assert same_content(full_path, "qcow2", full_path, "qcow2")  # still readable without its source

@@ -6,7 +6,9 @@ import contextlib
 import functools
 import hashlib
 import io
+import ipaddress
 import os
+import re
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -108,13 +110,28 @@ def test_an_upload_with_a_wrong_sha256_is_refused_and_leaves_nothing(api: Api, t
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
+    asked: list[str]  # the paths requested, per server
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        super().do_GET()
 
 
 class QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that stops reading (checksum) breaks the pipe: expected here
+
+
+asked: list[str] = []  # what the web server below was asked for
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    """The API as everywhere, but the admin allows imports from loopback, where the test's web server listens."""
+    yield from open_api(tmp_path / "data", import_allow=(ipaddress.ip_network("127.0.0.0/8"),))
 
 
 @pytest.fixture
@@ -124,7 +141,9 @@ def www(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path,
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "www"
     root.mkdir()
-    httpd = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    asked.clear()
+    handler = type("Handler", (QuietHandler,), {"asked": asked})
+    httpd = QuietServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -174,6 +193,23 @@ def test_failed_imports_leave_nothing(api: Api, www: tuple[Path, str]) -> None:
     assert files(pool_dir(api)) == {}
     assert_staging_empty(pool_dir(api))
     assert image.is_file()
+
+
+def test_an_import_from_loopback_is_refused_unless_the_admin_allows_it(tmp_path: Path, www: tuple[Path, str]) -> None:
+    root, base = www
+    make_image(root / "image.qcow2", "qcow2", "8M")
+    port = base.rsplit(":", 1)[1]
+    for strict in open_api(tmp_path / "strict"):  # no VIRTFLEET_IMPORT_ALLOW
+        with unchanged(strict):
+            refused(import_url(strict, "local", f"{base}/image.qcow2"), 422, field="url",
+                    says="127.0.0.1 is a loopback address; an admin can allow it with VIRTFLEET_IMPORT_ALLOW")
+            # A name is resolved in the job, which fails saying why.
+            job = failed(strict, import_url(strict, "named", f"http://localhost:{port}/image.qcow2"))
+            assert job["error_code"] == "invalid_spec", job
+            assert re.match(r"url: localhost resolves to (127\.0\.0\.1|::1), a loopback address", job["error"]), job
+        assert files(pool_dir(strict)) == {}
+        assert_staging_empty(pool_dir(strict))
+    assert asked == []
 
 
 def test_an_import_url_that_is_not_http_is_refused_naming_the_url(api: Api) -> None:

@@ -126,8 +126,8 @@ def test_no_manifest_dot_slash_and_subdirectory(tmp_path: Path, dest: Path) -> N
 
 def test_sha1_and_sha512_manifest(tmp_path: Path, dest: Path) -> None:
     manifest = (
-        f"SHA1(vm.ovf)= {hashlib.sha1(OVF).hexdigest()}\n"
-        f"SHA1(disk.vmdk)= {hashlib.sha1(DISK).hexdigest().upper()}\n"
+        f"SHA1(vm.ovf)= {hashlib.sha1(OVF, usedforsecurity=False).hexdigest()}\n"  # OVF 1.x manifests use SHA1
+        f"SHA1(disk.vmdk)= {hashlib.sha1(DISK, usedforsecurity=False).hexdigest().upper()}\n"
         f"SHA512 (disk.vmdk) = {hashlib.sha512(DISK).hexdigest()}\n"
     ).encode()
     members = [regular("vm.ovf", OVF), regular("vm.mf", manifest), regular("disk.vmdk", DISK)]

@@ -113,6 +113,13 @@ def test_seed_iso_has_the_nocloud_label_and_both_files(tmp_path: Path) -> None:
         iso.close()
 
 
+@pytest.mark.usefixtures("usual_umask")
+def test_a_seed_is_private(tmp_path: Path) -> None:
+    """Its user-data may carry passwords or keys."""
+    dest = build_seed_iso(CloudInit("web", instance_id="i-1"), tmp_path / "seed.iso")
+    assert dest.stat().st_mode & 0o777 == 0o600
+
+
 def test_seed_iso_replaces_an_existing_file(tmp_path: Path) -> None:
     dest = tmp_path / "seed.iso"
     dest.write_bytes(b"stale")

@@ -52,7 +52,7 @@ def test_system_trees_stay_out_whatever_the_roots(layout: tuple[Path, Path]) -> 
 
 def test_outside_the_roots_is_refused_and_says_how_to_allow_it(layout: tuple[Path, Path]) -> None:
     root, data = layout
-    for path in ("/var/lib/libvirt/images", "/home/someone/pool", "/tmp/pool", "/srv/vm", str(root)):
+    for path in ("/var/lib/libvirt/images", "/home/someone/pool", "/tmp/pool", "/srv/vm", str(root)):  # noqa: S108
         problem = refusal(path, root, data)
         assert "not below a pool root" in problem and "VIRTFLEET_POOL_ROOTS" in problem, path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -142,6 +143,13 @@ def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
     image = qcow2(tmp_path / "disk.qcow2")
     with pytest.raises(Conflict):
         qemu_img.create(image, "qcow2", MiB)
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_images_qemu_img_makes_are_private(tmp_path: Path) -> None:
+    created = qcow2(tmp_path / "disk.qcow2")
+    qemu_img.convert(created, "qcow2", tmp_path / "copy.raw", "raw")
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (created, tmp_path / "copy.raw")] == [0o600, 0o600]
 
 
 def test_create_with_backing_needs_its_format(tmp_path: Path) -> None:

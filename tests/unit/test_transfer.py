@@ -1,6 +1,6 @@
 """Safe transfers into a pool: nothing half-written under the final name, checksums checked before the rename.
 
-The HTTP tests talk only to a server the test starts on 127.0.0.1.
+The HTTP tests talk only to a server the test starts on 127.0.0.1 (which the admin must allow: LOOPBACK).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import ipaddress
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,7 @@ MiB = 1 << 20
 DATA = bytes(range(256)) * (10 * MiB // 256 + 7)  # a bit over 10 MiB: several chunks, a partial last one
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
 WRONG_SHA = "0" * 64
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)  # as VIRTFLEET_IMPORT_ALLOW=127.0.0.0/8
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -109,6 +111,16 @@ def test_copy_verifies_and_reports_progress(source: Path, pool: Path) -> None:
     assert len(seen) == 3  # 4 MiB chunks
     assert seen[-1] == (len(DATA), len(DATA))
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_what_lands_in_a_pool_is_private(source: Path, pool: Path) -> None:
+    copy_file(source, pool / "copied.raw")
+    write_stream([b"x" * 100], pool / "streamed.raw", total=100)
+    with atomic_destination(pool / "moved.raw") as temp:
+        temp.write_bytes(b"made by someone else, 0644")
+    assert {p.name: p.stat().st_mode & 0o777 for p in pool.iterdir()} == {
+        "copied.raw": 0o600, "streamed.raw": 0o600, "moved.raw": 0o600}
 
 
 def test_copy_checksum_mismatch_leaves_nothing(source: Path, pool: Path) -> None:
@@ -242,7 +254,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def test_download_with_progress_and_checksum(server: str, pool: Path) -> None:
     seen: list[tuple[int, int]] = []
     digest = download_url(
-        f"{server}/image.raw", pool / "disk.raw", progress=lambda d, t: seen.append((d, t)), expected_sha256=DATA_SHA
+        f"{server}/image.raw", pool / "disk.raw", progress=lambda d, t: seen.append((d, t)), expected_sha256=DATA_SHA,
+        allow=LOOPBACK,
     )
     assert digest == DATA_SHA
     assert (pool / "disk.raw").read_bytes() == DATA
@@ -251,18 +264,18 @@ def test_download_with_progress_and_checksum(server: str, pool: Path) -> None:
 
 
 def test_download_follows_redirects(server: str, pool: Path) -> None:
-    assert download_url(f"{server}/moved", pool / "disk.raw") == DATA_SHA
+    assert download_url(f"{server}/moved", pool / "disk.raw", allow=LOOPBACK) == DATA_SHA
 
 
 def test_download_checksum_mismatch_leaves_nothing(server: str, pool: Path) -> None:
     with pytest.raises(TransferError, match="checksum"):
-        download_url(f"{server}/image.raw", pool / "disk.raw", expected_sha256=WRONG_SHA)
+        download_url(f"{server}/image.raw", pool / "disk.raw", expected_sha256=WRONG_SHA, allow=LOOPBACK)
     assert leftovers(pool) == []
 
 
 def test_download_404(server: str, pool: Path) -> None:
     with pytest.raises(TransferError) as caught:
-        download_url(f"{server}/missing.raw", pool / "disk.raw")
+        download_url(f"{server}/missing.raw", pool / "disk.raw", allow=LOOPBACK)
     assert caught.value.status == 404 and "404" in caught.value.message
     assert caught.value.details() == {"status": 404}
     assert leftovers(pool) == []
@@ -270,13 +283,13 @@ def test_download_404(server: str, pool: Path) -> None:
 
 def test_download_max_bytes(server: str, pool: Path) -> None:
     with pytest.raises(TransferError, match="limit"):
-        download_url(f"{server}/image.raw", pool / "disk.raw", max_bytes=MiB)
+        download_url(f"{server}/image.raw", pool / "disk.raw", max_bytes=MiB, allow=LOOPBACK)
     assert leftovers(pool) == []
 
 
 def test_download_connection_refused(pool: Path) -> None:
     with pytest.raises(TransferError):
-        download_url("http://127.0.0.1:9/image.raw", pool / "disk.raw", timeout=5)
+        download_url("http://127.0.0.1:9/image.raw", pool / "disk.raw", timeout=5, allow=LOOPBACK)
     assert leftovers(pool) == []
 
 

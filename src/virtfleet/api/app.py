@@ -12,6 +12,7 @@ from virtfleet.api import errors, routes, users
 from virtfleet.api.auth import AuthMiddleware
 from virtfleet.api.console import router as console_router
 from virtfleet.api.events import router as events_router
+from virtfleet.api.limits import BodyLimitMiddleware
 from virtfleet.api.metrics import router as metrics_router
 from virtfleet.api.networks import router as networks_router
 from virtfleet.api.storage import router as storage_router
@@ -40,6 +41,7 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
     )
     errors.install(app)
     app.add_middleware(AuthMiddleware)
+    app.add_middleware(BodyLimitMiddleware)  # added last, so it runs first: before authentication
     app.include_router(users.router, prefix="/api/v1")
     # Storage and networks first: their /vms/{ref}/snapshots and /vms/{ref}/nics must win over the generic
     # POST /vms/{ref}/{action}.

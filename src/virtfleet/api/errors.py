@@ -12,6 +12,7 @@ _STATUS: list[tuple[type[errors.VirtfleetError], int]] = [
     (errors.AuthenticationFailed, 401),
     (errors.Forbidden, 403),
     (errors.TooManyAttempts, 429),
+    (errors.BodyTooLarge, 413),
     (errors.NotFound, 404),
     (errors.InvalidSpec, 422),
     (errors.Conflict, 409),  # Busy and InvalidState included
@@ -53,12 +54,12 @@ def _field_name(location: tuple[int | str, ...]) -> str:
 
 
 async def _virtfleet_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, errors.VirtfleetError)
+    assert isinstance(error, errors.VirtfleetError)  # noqa: S101 - registered for this type only
     return JSONResponse(error_body(error.code, error.message, **error.details()), status_for(error))
 
 
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, RequestValidationError)
+    assert isinstance(error, RequestValidationError)  # noqa: S101 - registered for this type only
     problems = [
         # pydantic prefixes our validators' messages with "Value error, ": the message alone reads better.
         {"field": _field_name(tuple(item.get("loc", ()))),

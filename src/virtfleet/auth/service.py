@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import hashlib
 import hmac
@@ -17,18 +16,20 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from virtfleet.errors import AuthenticationFailed, Conflict, Forbidden, InvalidSpec, NotFound, TooManyAttempts
+from virtfleet.auth.throttle import LoginThrottle
+from virtfleet.errors import AuthenticationFailed, Conflict, Forbidden, InvalidSpec, NotFound
 from virtfleet.model.auth import ApiToken, NewToken, Principal, Role, User
 from virtfleet.store.auth_repo import AuthRepo
 from virtfleet.store.db import Database
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "vf_"
+TOKEN_PREFIX = "vf_"  # noqa: S105 - a prefix, not a secret
 BOOTSTRAP_USER = "admin"
-BOOTSTRAP_TOKEN_NAME = "local-admin"
+BOOTSTRAP_TOKEN_NAME = "local-admin"  # noqa: S105 - a token's name, not a secret
 SESSION_LIFETIME = timedelta(hours=12)
-# Failed logins allowed per user name within the window; then that name is refused until the window passes.
+# Login attempts allowed per user name within the window (a success forgets them); then that name is refused until
+# the window passes.
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_FAILURE_WINDOW = 60.0
 # How long a checked token or session is trusted without asking the database again. Every change made through this
@@ -50,7 +51,7 @@ class AuthService:
     def __init__(self, db: Database) -> None:
         self.repo = AuthRepo(db)
         self._hasher = PasswordHasher()  # argon2id with the library's maintained defaults
-        self._failures: dict[str, collections.deque[float]] = {}
+        self.login_throttle = LoginThrottle(LOGIN_FAILURES_ALLOWED, LOGIN_FAILURE_WINDOW)
         self._checked: dict[str, tuple[float, Principal | None]] = {}
 
     # --- bootstrap -----------------------------------------------------------------------------------------------
@@ -142,21 +143,15 @@ class AuthService:
         await self.update_user(principal, principal.name, None, new)
 
     async def _check_password(self, name: str, password: str) -> None:
-        """argon2 off the event loop; five failures for one name within a minute lock it for the rest of it."""
-        failures = self._failures.setdefault(name, collections.deque(maxlen=LOGIN_FAILURES_ALLOWED))
-        now = time.monotonic()
-        if len(failures) == LOGIN_FAILURES_ALLOWED and now - failures[0] < LOGIN_FAILURE_WINDOW:
-            wait = LOGIN_FAILURE_WINDOW - (now - failures[0])
-            raise TooManyAttempts(f"too many failed logins for '{name}': try again in {wait:.0f} s")
+        """argon2 off the event loop; five attempts for one name within a minute lock it for the rest of it."""
         stored = self.repo.password_hash(name)
+        # The slot is taken before the (threaded) check, with no await in between: parallel guesses count too.
+        self.login_throttle.reserve(name, known=stored is not None)
         # Verify against a dummy hash for unknown users too, so the answer's timing does not tell names apart.
         ok = await asyncio.to_thread(self._verify, stored or _dummy_hash(), password)
         if not ok or stored is None:
-            failures.append(time.monotonic())
-            if len(self._failures) > 10_000:  # a flood of made-up names must not grow memory without bound
-                self._failures.clear()
             raise AuthenticationFailed("wrong user name or password")
-        self._failures.pop(name, None)
+        self.login_throttle.succeeded(name)
 
     def logout(self, principal: Principal) -> None:
         if principal.session_id is not None:

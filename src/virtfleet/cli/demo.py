@@ -16,6 +16,7 @@ from virtfleet.cli.output import err, fail, out, state
 from virtfleet.client import ApiError, Client
 from virtfleet.config import Settings
 from virtfleet.drivers.base import BOOT_SEPARATOR
+from virtfleet.private_files import PRIVATE_FILE, make_private_dir
 
 READY_MARKER = "VIRTFLEET-READY"
 
@@ -28,12 +29,13 @@ def _ensure_server(client: Client, *, as_json: bool) -> None:
         if error.status != 0:
             fail(error.message, as_json=as_json)
     settings = Settings.from_env()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     log_path = settings.data_dir / "serve.log"
     port = state.url.rsplit(":", 1)[-1].split("/")[0]
     err.print(f"starting `virtfleet serve` in the background (log: {log_path})")
-    with open(log_path, "ab") as log:
-        subprocess.Popen(
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE), "ab") as log:
+        # S603: this Python running `virtfleet serve`, an argument list and no shell.
+        subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "virtfleet", "serve", "--port", port],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=os.environ.copy(),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from virtfleet.cli.demo import demo
 from virtfleet.cli.events import events
 from virtfleet.cli.output import JsonOption, err, fail, out, run, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings, is_loopback
+from virtfleet.private_files import PRIVATE_UMASK
 
 app = typer.Typer(
     help="virtfleet: run QEMU/KVM virtual machines on one host or a fleet.",
@@ -65,16 +67,24 @@ def serve(
 
     from virtfleet.api.app import create_app
     from virtfleet.api.events import UvicornServer
+    from virtfleet.api.limits import MAX_BODY_BYTES
 
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", as_json=False)
+    # Everything the server and its children (QEMU, qemu-img, dnsmasq) create is private: disk images, the database,
+    # sockets, logs. The places that create files set modes too; this covers what they do not know about.
+    os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not is_loopback(host) and tls_cert is None:
         err.print(f"[yellow]warning:[/yellow] listening on {host} without TLS: passwords, session cookies and "
                   "API tokens cross the network in clear text; pass --tls-cert and --tls-key")
-    settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
+    try:
+        settings = Settings.from_env(data_dir=data_dir, driver=driver, host=host, port=port)
+    except ValueError as exc:  # a malformed VIRTFLEET_* variable
+        fail(str(exc), as_json=False)
     api = create_app(settings)
-    config = uvicorn.Config(api, host=host, port=port, log_level=log_level,
+    # WebSocket messages (console keystrokes, VNC input) are small: the same cap as request bodies, not 16 MiB.
+    config = uvicorn.Config(api, host=host, port=port, log_level=log_level, ws_max_size=MAX_BODY_BYTES,
                             ssl_certfile=str(tls_cert) if tls_cert else None,
                             ssl_keyfile=str(tls_key) if tls_key else None)
     server = UvicornServer(config, api)

@@ -157,7 +157,7 @@ def _first_disk(spec: dict[str, Any], from_template: str | None, full_clone: boo
                     fail(job["error"], as_json=as_json)
                 ref = f"{template.split('/', 1)[0]}/{volume_name}"
             else:
-                assert disk_image is not None
+                assert disk_image is not None  # noqa: S101 - the options were checked above
                 fmt = disk_format or DISK_FORMATS.get(disk_image.suffix.lower())
                 if fmt is None:
                     fail(f"disk_format: cannot tell the format of {disk_image.name}; give --disk-format",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virtfleet.images.tiny import ImageBuildError, Progress
+from virtfleet.private_files import PRIVATE_FILE
 
 SECTOR = 512
 MIB = 1 << 20
@@ -66,7 +67,8 @@ def _mbr_code() -> bytes:
 def _run(argv: Sequence[str]) -> None:
     # MTOOLS_SKIP_CHECK: mtools would refuse a FAT whose size is not a whole number of (made-up) cylinders.
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    # S603: an argument list and no shell; the tools were looked up, the paths are ours.
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip()
         raise ImageBuildError(f"{Path(argv[0]).name} failed (exit {result.returncode}): {detail}")
@@ -190,7 +192,7 @@ def build_boot_disk(
             say("converting to qcow2")
             final = staging / "disk.qcow2"
             _run([tools["qemu-img"], "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(final)])
-        os.chmod(final, 0o644)
+        os.chmod(final, PRIVATE_FILE)
         os.replace(final, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -75,7 +75,7 @@ class ImageCatalog:
     def build(self, name: str, progress: Callable[[str], None] | None = None) -> BuiltImage:
         """Build (or rebuild) an image; the builder writes atomically, so a failure keeps the old one."""
         self.require_buildable(name)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.builders[name](self.root / name, progress=progress)
 
     def delete(self, name: str) -> None:

@@ -21,6 +21,7 @@ import pycdlib
 import yaml
 
 from virtfleet.errors import InvalidSpec
+from virtfleet.private_files import PRIVATE_FILE
 
 VOLUME_ID = "cidata"
 
@@ -117,7 +118,7 @@ def build_seed_iso(ci: CloudInit, dest: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as out:
             iso.write_fp(out)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, PRIVATE_FILE)  # a seed may carry secrets in its user-data
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -364,7 +364,7 @@ def build_tiny_image(
         (staging / KERNEL_FILE).write_bytes(vmlinux)
         (staging / INITRD_FILE).write_bytes(initramfs)
         write_manifest(staging, name=dest.name, kernel_release=release)
-        os.chmod(staging, 0o755)
+        os.chmod(staging, 0o700)  # private like the rest of the data directory (the host's kernel is inside)
         if dest.exists():
             retired = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(retired, ignore_errors=True)

@@ -66,7 +66,7 @@ class NetworkService:
 
     @staticmethod
     def _check_dhcp_range(spec: NetworkSpec) -> None:
-        assert spec.subnet is not None
+        assert spec.subnet is not None  # noqa: S101 - NetworkSpec requires it in nat/isolated mode
         subnet = ipaddress.IPv4Network(spec.subnet)
         try:
             first, last = (ipaddress.IPv4Address(a) for a in spec.dhcp_bounds())
@@ -89,13 +89,13 @@ class NetworkService:
         if spec.mode == "bridge":
             # Nothing to make, but the host's bridge must be one (a NIC enslaved to anything else goes nowhere),
             # when the network is made and each time it is activated again (links come and go with the host).
-            assert spec.bridge is not None
+            assert spec.bridge is not None  # noqa: S101 - NetworkSpec requires it in bridge mode
             problem = host.bridge_problem(spec.bridge)
             if problem is not None:
                 raise InvalidSpec("bridge", problem)
         if spec.mode not in ("nat", "isolated"):
             return
-        assert spec.subnet is not None
+        assert spec.subnet is not None  # noqa: S101 - NetworkSpec requires it in nat/isolated mode
         bridge = host.bridge_name(spec.name)
         prefix = ipaddress.IPv4Network(spec.subnet).prefixlen
         host.ensure_bridge(bridge, f"{spec.gateway()}/{prefix}")
@@ -163,7 +163,7 @@ class NetworkService:
         network = self.repo.get(nic.network)
         if network.spec.mode == "user":
             return nic.model_copy(update={"user_mode": True, "tap": None})
-        assert network.bridge is not None
+        assert network.bridge is not None  # noqa: S101 - every network but user mode has a bridge
         tap = tap_for(vm_id, nic)
         host.ensure_tap(tap, network.bridge, vlan=network.spec.vlan)
         return nic.model_copy(update={"tap": tap, "user_mode": False})

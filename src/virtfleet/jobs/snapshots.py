@@ -251,10 +251,13 @@ class SnapshotService:
         users = 0
         for candidate in folder.glob(f"{stem}@*"):
             try:
-                if qemu_img.info(candidate, "qcow2").backing_file in (frozen, Path(frozen).name):
-                    users += 1
-            except Exception:
-                continue
+                backing = qemu_img.info(candidate, "qcow2").backing_file
+            except Exception as exc:
+                # An image we cannot read may well be based on `frozen`: merging into it could break that branch.
+                problem = f"cannot tell whether {candidate} is based on {frozen} ({exc}); nothing was changed"
+                raise Conflict(problem) from exc
+            if backing in (frozen, Path(frozen).name):
+                users += 1
         return users > 1
 
     def _child_of(self, vm: Vm, disk: DiskSpec, image: str) -> str:

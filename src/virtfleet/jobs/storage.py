@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 from virtfleet import failpoints
 from virtfleet.config import DEFAULT_MAX_VOLUME_SIZE
@@ -29,7 +28,9 @@ from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.model.job import Job
 from virtfleet.model.storage import Pool, PoolSpec, Volume, VolumeFormat, VolumeSpec, parse_volume_ref
 from virtfleet.model.units import format_size
+from virtfleet.private_files import PRIVATE_FILE, make_private_dir
 from virtfleet.storage import qemu_img, transfer
+from virtfleet.storage.addresses import IPNetwork
 from virtfleet.storage.archive import extract_ova_disks
 from virtfleet.storage.backends import STAGING_DIR, PoolBackend, create_backend, default_mount_path
 from virtfleet.storage.identity import file_id
@@ -59,9 +60,10 @@ AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM us
 class StorageService:
     def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup,
                  intents: IntentLog, *, max_volume_size: int = DEFAULT_MAX_VOLUME_SIZE,
-                 pool_roots: Sequence[Path] = ()) -> None:
+                 pool_roots: Sequence[Path] = (), import_allow: Sequence[IPNetwork] = ()) -> None:
         self.repo = StorageRepo(db)
         self.intents = intents
+        self.import_allow = tuple(import_allow)  # non-public networks imports may fetch from (admin's choice)
         self.runner = runner
         self.data_dir = data_dir
         self.attached_to = attached_to
@@ -281,7 +283,7 @@ class StorageService:
         path = Path(volume.path)
         if path.is_file():
             # Clones share it: make accidental writes fail at the file-system level too.
-            path.chmod(0o444 if template else 0o644)
+            path.chmod(0o400 if template else PRIVATE_FILE)
         return self._attached(self.repo.update_volume(volume.id, template=template))
 
     def clone_volume(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None) -> Job:
@@ -347,9 +349,8 @@ class StorageService:
         return self._submit("volume.build", f"{pool.name}/{name}", work)
 
     def import_url(self, pool_name: str, name: str, url: str, fmt: str, *, sha256: str | None = None) -> Job:
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            raise InvalidSpec("url", f"{url!r} is not an http or https URL")
         check_sha256(sha256)
+        transfer.check_url(url, self.import_allow)
         pool = self.repo.get_pool(pool_name)
         stored = stored_format(fmt)
         backend = self._check_new(pool, name, stored, None)
@@ -366,7 +367,7 @@ class StorageService:
             incoming = staging / f"{name}.download"
             try:
                 digest = transfer.download_url(url, incoming, progress=progress, expected_sha256=sha256,
-                                               max_bytes=self.max_volume_size)
+                                               max_bytes=self.max_volume_size, allow=self.import_allow)
                 volume = self._register_incoming(pool, backend, name, incoming, fmt, stored, context)
             finally:
                 incoming.unlink(missing_ok=True)
@@ -557,7 +558,7 @@ def pool_staging(backend: PoolBackend) -> Path:
                           "then copy")
     staging = backend.mount_path / STAGING_DIR
     try:
-        staging.mkdir(exist_ok=True)
+        make_private_dir(staging)
     except OSError as error:
         raise transfer.write_failure(error, f"cannot make {staging}") from error
     return staging

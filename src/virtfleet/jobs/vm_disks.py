@@ -45,7 +45,7 @@ def backing_chain(disk: DiskSpec, roots: list[Path], field: str) -> list[Backing
     """Walk a disk's backing files one header at a time (qemu-img info never opens a backing file), refusing any
     that leaves the pools, names a protocol, or has no explicit qcow2/raw format, and any layer that keeps its data
     in an external data file (QEMU would open that file, and -blockdev cannot say "none")."""
-    assert disk.path is not None
+    assert disk.path is not None  # noqa: S101 - callers pass resolved disks
     layers: list[BackingLayer] = []
     current, fmt = Path(disk.path), str(disk.format)
     for _ in range(MAX_CHAIN):
@@ -91,7 +91,7 @@ class DiskResolver:
             opened = self._as_its_volume(disk, field, vm.name)
             disks.append(opened.model_copy(update={"backing_chain": backing_chain(opened, roots, field)}))
         if vm.spec.cloud_init is not None:
-            self.seed_dir.mkdir(parents=True, exist_ok=True)
+            self.seed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             seed = self.seed_dir / f"{vm.id}.iso"
             build_seed_iso(cloud_init_for(vm.name, vm.id, vm.spec.cloud_init), seed)
             disks.append(DiskSpec(path=str(seed), format="raw", readonly=True))
@@ -100,7 +100,7 @@ class DiskResolver:
     def _as_its_volume(self, disk: DiskSpec, field: str, vm_name: str) -> DiskSpec:
         """A stored disk as its volume says to open it: a spec written before disks were resolved by identity may
         carry a request's format or a second spelling of a template or of another VM's volume."""
-        assert disk.path is not None
+        assert disk.path is not None  # noqa: S101 - resolved disks have their volume's path
         volume = self.storage.volume_by_path(disk.path)
         if volume is None:
             return disk  # not a volume's file (an older spec): its chain is still checked
@@ -128,7 +128,7 @@ class DiskResolver:
         """The VM's spec with one more disk, resolved and checked; the disks it has already stay as they are."""
         field = f"disks[{len(vm.spec.disks)}]"
         added = self.resolve_disk(disk, field, vm_name=vm.name)
-        assert added.path is not None
+        assert added.path is not None  # noqa: S101 - resolved disks have their volume's path
         wanted = file_id(added.path)
         if any(d.volume == added.volume or _is_file(d, added.path, wanted) for d in vm.spec.disks):
             raise InvalidSpec(field, f"{added.volume} is attached to vm '{vm.name}' already")
@@ -160,7 +160,7 @@ class DiskResolver:
                 raise InvalidSpec(f"{field}.path", f"{disk.path} is not the file of volume {volume.ref}; name the "
                                                    "volume or its file, not two things")
             return volume
-        assert disk.path is not None
+        assert disk.path is not None  # noqa: S101 - resolved disks have their volume's path
         path = Path(disk.path)
         if not path.is_absolute():
             raise InvalidSpec(f"{field}.path", "must be the absolute path of a volume's file in a storage pool")

@@ -80,7 +80,7 @@ class NetworkSpec(BaseModel):
 
     def dhcp_bounds(self) -> tuple[str, str]:
         """The DHCP range: given, or the upper half of the subnet (the lower half is for static addresses)."""
-        assert self.subnet is not None
+        assert self.subnet is not None  # noqa: S101 - only called in nat/isolated mode, which requires it
         network = ipaddress.IPv4Network(self.subnet)
         hosts = list(network.hosts())
         if self.dhcp_range is not None:
@@ -89,7 +89,7 @@ class NetworkSpec(BaseModel):
         return str(hosts[len(hosts) // 2]), str(hosts[-1])
 
     def gateway(self) -> str:
-        assert self.subnet is not None
+        assert self.subnet is not None  # noqa: S101 - only called in nat/isolated mode, which requires it
         return str(next(ipaddress.IPv4Network(self.subnet).hosts()))
 
 

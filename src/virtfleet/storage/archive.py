@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.private_files import create_private
 from virtfleet.storage.transfer import CHUNK, TransferError
 
 MAX_MEMBERS = 64
@@ -163,7 +164,7 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> b
     if member.size > limit:
         raise _refuse(member.name, f"is {member.size} bytes, more than the limit of {limit}")
     stream = tar.extractfile(member)
-    assert stream is not None  # safe_members only returns regular files
+    assert stream is not None  # noqa: S101 - safe_members only returns regular files
     with stream:
         return stream.read(limit)
 
@@ -199,10 +200,10 @@ def _copy_member(
     """Stream one member into the new file `dst`; returns its digests. On any failure `dst` is removed."""
     hashes = {algorithm: hashlib.new(_DIGESTS[algorithm][0]) for algorithm in algorithms}
     stream = tar.extractfile(member)
-    assert stream is not None  # safe_members only returns regular files
+    assert stream is not None  # noqa: S101 - safe_members only returns regular files
     try:
         # O_EXCL: never write through a symlink or over a file someone put at this name.
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = create_private(dst)
     except FileExistsError:
         stream.close()
         raise Conflict(f"{dst} already exists") from None

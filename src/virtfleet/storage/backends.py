@@ -61,7 +61,8 @@ class DirBackend:
         self.mount_path = mount_path
 
     def activate(self) -> None:
-        self.mount_path.mkdir(parents=True, exist_ok=True)
+        # Private if we make it; a directory the admin made keeps its rights (its volumes are 0600 anyway).
+        self.mount_path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def deactivate(self) -> None:
         return None
@@ -128,9 +129,9 @@ def create_backend(spec: PoolSpec, mount_path: Path) -> PoolBackend:
 
 def default_mount_path(spec: PoolSpec, data_dir: Path) -> Path:
     if spec.type == "dir":
-        assert spec.path is not None
+        assert spec.path is not None  # noqa: S101 - PoolSpec requires it for dir pools
         return Path(spec.path)
     if spec.type == "nfs":
         return Path(spec.path) if spec.path else data_dir / "mnt" / spec.name
-    assert spec.source is not None
+    assert spec.source is not None  # noqa: S101 - PoolSpec requires a source for lvm pools
     return Path("/dev") / spec.source.split("/", 1)[0]  # LVM: /dev/VG/LV

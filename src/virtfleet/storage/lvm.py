@@ -175,7 +175,8 @@ def wait_for_device(path: Path, timeout: float = DEVICE_TIMEOUT) -> None:
     udevadm = shutil.which("udevadm") or next((f"{d}/udevadm" for d in ("/usr/bin", "/bin", *SBIN)
                                                if os.access(f"{d}/udevadm", os.X_OK)), None)
     if udevadm is not None:
-        subprocess.run([udevadm, "settle", f"--timeout={int(timeout)}"], stdin=subprocess.DEVNULL,
+        # S603: a fixed argument list, no shell.
+        subprocess.run([udevadm, "settle", f"--timeout={int(timeout)}"], stdin=subprocess.DEVNULL,  # noqa: S603
                        capture_output=True, check=False, timeout=timeout + 5)
     deadline = time.monotonic() + timeout
     while not path.exists():

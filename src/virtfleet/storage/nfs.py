@@ -98,7 +98,7 @@ class NfsBackend(DirBackend):
 
     def __init__(self, spec: PoolSpec, mount_path: Path) -> None:
         super().__init__(spec, mount_path)
-        assert spec.source is not None  # the model requires it for nfs pools
+        assert spec.source is not None  # noqa: S101 - the model requires it for nfs pools
         self.source = spec.source
 
     def _mount(self) -> Mount | None:

@@ -281,7 +281,7 @@ def _convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, progress: Callabl
     with tempfile.TemporaryFile() as stderr:
         try:
             with running(argv, what=what, timeout=timeout, error=QemuImgError, limits=limits, stderr=stderr) as run:
-                assert run.proc.stdout is not None
+                assert run.proc.stdout is not None  # noqa: S101 - stdout=PIPE
                 with run.proc.stdout:
                     last = -1.0
                     for percent in _progress_values(run.proc.stdout.fileno()):

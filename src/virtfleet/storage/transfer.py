@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,8 +20,12 @@ import httpx
 
 from virtfleet.errors import Conflict, InsufficientStorage, InvalidSpec, VirtfleetError
 from virtfleet.hostcmd import STOPPED, abandoned
+from virtfleet.private_files import PRIVATE_FILE, create_private
+from virtfleet.storage import addresses
+from virtfleet.storage.addresses import IPNetwork
 
 CHUNK = 4 << 20
+MAX_REDIRECTS = 5  # per download; each hop's address is checked like the first
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 ByteProgress = Callable[[int, int], None]
@@ -78,7 +82,8 @@ def _publish(temp: Path, final: Path) -> None:
 def atomic_destination(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final` (not yet created); on success it becomes `final`, else it is removed.
 
-    The caller creates and fills the file (exclusively, e.g. open(path, "xb") or qemu-img convert).
+    The caller creates and fills the file (exclusively, e.g. private_files.create_private or qemu-img convert).
+    What is published is private (0600): a disk image holds whatever its guest wrote.
     """
     if os.path.lexists(final):
         raise Conflict(f"{final} already exists")
@@ -87,6 +92,7 @@ def atomic_destination(final: Path) -> Iterator[Path]:
         yield temp
         if not temp.is_file():
             raise TransferError(f"nothing was written for {final.name}")
+        os.chmod(temp, PRIVATE_FILE)  # also what a caller moved in or a tool made with looser rights
         try:
             # Data reaches the disk before the name does: a crash never leaves a complete-looking but empty file.
             fd = os.open(temp, os.O_RDONLY)
@@ -134,7 +140,7 @@ def _write_chunks(
     done = 0
     with atomic_destination(dst) as temp:
         try:
-            with open(temp, "xb") as out:
+            with os.fdopen(create_private(temp), "wb") as out:
                 for chunk in chunks:
                     if abandoned():  # a cancelled job: a thread cannot be stopped, so it stops itself
                         raise TransferError(f"{dst.name}: {STOPPED}")
@@ -181,13 +187,61 @@ def copy_file(
     )
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str, allow: Sequence[IPNetwork] = ()) -> httpx.URL:
+    """An http(s) URL whose host, if an address literal, is one we may fetch from (names are checked when
+    resolved, at download time); InvalidSpec("url") if not."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
         raise InvalidSpec("url", f"{url!r} is not a valid URL: {exc}") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidSpec("url", f"{url!r} is not an http or https URL")
+    given = addresses.literal(parsed.host)
+    if given is not None:
+        _check_address(parsed.host, given, allow)
+    return parsed
+
+
+def _check_address(host: str, address: addresses.IPAddress, allow: Sequence[IPNetwork]) -> None:
+    why = addresses.refusal(address, allow)
+    if why is not None:
+        shown = f"{host} is" if addresses.literal(host) == address else f"{host} resolves to {address},"
+        raise InvalidSpec("url", f"{shown} {why}; an admin can allow it with {addresses.ALLOW_VARIABLE}")
+
+
+def _pinned_address(url: httpx.URL, allow: Sequence[IPNetwork]) -> addresses.IPAddress:
+    """The address to connect to for `url`'s host, after checking every address the name has (a name with a public
+    and a loopback address is refused: which one a client uses must not be up to the name's owner)."""
+    host = url.raw_host.decode("ascii")
+    try:
+        found = addresses.resolve(host, url.port or (443 if url.scheme == "https" else 80))
+    except (OSError, UnicodeError) as exc:
+        raise TransferError(f"cannot resolve {url.host}: {getattr(exc, 'strerror', None) or exc}") from exc
+    for address in found:
+        _check_address(url.host, address, allow)
+    return found[0]
+
+
+@contextmanager
+def _get_pinned(client: httpx.Client, url: httpx.URL, address: addresses.IPAddress) -> Iterator[httpx.Response]:
+    """GET `url` from `address`: the request goes to that address while Host and TLS (SNI and the certificate
+    check) keep the name, so no second DNS answer can send it elsewhere."""
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else None
+    with client.stream("GET", url.copy_with(host=str(address)), headers={"Host": url.netloc.decode("ascii")},
+                       extensions=extensions) as response:
+        yield response
+
+
+def _redirect(url: str, current: httpx.URL, location: str,
+              allow: Sequence[IPNetwork]) -> tuple[httpx.URL, addresses.IPAddress]:
+    """The next hop and its checked address; a refusal names the redirect, not only the original URL."""
+    try:
+        target = check_url(str(current.join(location)), allow)
+        return target, _pinned_address(target, allow)
+    except InvalidSpec as exc:
+        raise InvalidSpec("url", f"{url} redirects to {location}: {exc.problem}") from None
+    except httpx.InvalidURL as exc:
+        raise InvalidSpec("url", f"{url} redirects to {location!r}: {exc}") from None
 
 
 def download_url(
@@ -198,36 +252,44 @@ def download_url(
     expected_sha256: str | None = None,
     timeout: float = 30.0,
     max_bytes: int | None = None,
+    allow: Sequence[IPNetwork] = (),
 ) -> str:
-    """Download `url` into the new file `dst`; returns the sha256 hex digest. `timeout` bounds each network wait."""
-    _check_url(url)
+    """Download `url` into the new file `dst`; returns the sha256 hex digest. `timeout` bounds each network wait.
+
+    Only public addresses, and those in `allow`, are fetched from; every redirect is checked the same way."""
+    current = check_url(url, allow)
     _normalized_sha256(expected_sha256)  # fail before connecting
     # identity: the checksum and Content-Length are of the file itself, not of a compressed transfer.
     headers = {"Accept-Encoding": "identity"}
+    # Our own transport: no proxy from the environment, since the address checked must be the one connected to.
+    transport = httpx.HTTPTransport()
     try:
-        with (
-            httpx.Client(follow_redirects=True, timeout=timeout, headers=headers) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code >= 400:
-                raise TransferError(
-                    f"GET {url} failed: HTTP {response.status_code} {response.reason_phrase}",
-                    status=response.status_code,
-                )
-            length = response.headers.get("Content-Length", "")
-            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            # A server may compress anyway; then Content-Length counts compressed bytes, not the file's.
-            total = int(length) if length.isdigit() and not encoded else None
-            return _write_chunks(
-                response.iter_bytes(CHUNK),
-                dst,
-                total=total,
-                progress=progress,
-                expected_sha256=expected_sha256,
-                max_bytes=max_bytes,
-            )
+        with httpx.Client(transport=transport, follow_redirects=False, timeout=timeout, headers=headers) as client:
+            address = _pinned_address(current, allow)
+            for _hop in range(MAX_REDIRECTS + 1):
+                with _get_pinned(client, current, address) as response:
+                    if not response.is_redirect:
+                        return _save_response(response, url, dst, progress, expected_sha256, max_bytes)
+                    current, address = _redirect(url, current, response.headers["Location"], allow)
+            raise TransferError(f"GET {url} failed: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
         raise TransferError(f"GET {url} failed: {str(exc) or type(exc).__name__}") from exc
+
+
+def _save_response(response: httpx.Response, url: str, dst: Path, progress: ByteProgress | None,
+                   expected_sha256: str | None, max_bytes: int | None) -> str:
+    if response.status_code >= 400:
+        raise TransferError(
+            f"GET {url} failed: HTTP {response.status_code} {response.reason_phrase}", status=response.status_code
+        )
+    length = response.headers.get("Content-Length", "")
+    encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+    # A server may compress anyway; then Content-Length counts compressed bytes, not the file's.
+    total = int(length) if length.isdigit() and not encoded else None
+    return _write_chunks(
+        response.iter_bytes(CHUNK), dst, total=total, progress=progress, expected_sha256=expected_sha256,
+        max_bytes=max_bytes,
+    )
 
 
 def write_stream(

@@ -6,6 +6,7 @@ the event loop is cheaper than a thread hop; PostgreSQL (cluster mode) uses the 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from virtfleet.errors import Conflict, NotFound, ServiceUnavailable
 from virtfleet.model.job import Event, Job, JobStatus
 from virtfleet.model.vm import Vm, VmSpec, VmState
+from virtfleet.private_files import PRIVATE_FILE, tighten
 from virtfleet.store.tables import SPEC_SCHEMA_VERSION, EventRow, JobRow, VmRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -103,12 +105,24 @@ def _out_of_space(error: OperationalError) -> str | None:
         return "its file system is full"
     text = str(error.orig)
     return next((f"its file system is full ({message})" for message in _FULL_MESSAGES if message in text), None)
+def _private_sqlite_file(url: str) -> None:
+    """The database holds password hashes: create its file 0600 before SQLite does (with the umask's rights), and
+    tighten one an older version left readable. SQLite gives its -wal, -shm and -journal files the database's rights;
+    those left from before are tightened too."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        tighten(path.with_name(path.name + suffix))
 
 
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite"):
+            _private_sqlite_file(url)
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
