@@ -47,7 +47,11 @@ class FillsUp(io.FileIO):
 def test_a_write_that_fails_for_want_of_space_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       failure: int, error: type[Exception], says: str) -> None:
     monkeypatch.setattr(FillsUp, "failure", failure)
-    monkeypatch.setattr(transfer, "open", FillsUp, raising=False)  # the module's own name for the builtin
+
+    def fills_up(fd: int, mode: str) -> FillsUp:  # the writer opens its private file by descriptor
+        return FillsUp(fd, mode)
+
+    monkeypatch.setattr(transfer.os, "fdopen", fills_up)
     with pytest.raises(error, match=says) as raised:
         write_stream(chunks(4), tmp_path / "disk", total=None)
     assert type(raised.value) is error
