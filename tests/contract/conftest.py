@@ -100,14 +100,15 @@ class DriverEnv:
                 )
             await asyncio.sleep(0.05)
 
-    async def kill_hypervisor(self, vm_id: str) -> None:
-        """Kill the hypervisor under a running domain, behind the driver's back."""
+    async def kill_hypervisor(self, vm_id: str, pid: int | None = None) -> None:
+        """Kill the hypervisor under a running domain (its `pid`, else asked of the driver), behind its back."""
         if self.name == "fake":
             fake_host_for(self.config).crash(vm_id)
             return
-        status = await self.driver.status(vm_id)
-        assert status.pid is not None, f"running domain without a pid: {status}"
-        os.kill(status.pid, signal.SIGKILL)
+        if pid is None:
+            pid = (await self.driver.status(vm_id)).pid
+        assert pid is not None, f"running domain {vm_id} without a pid"
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration)])

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +185,28 @@ async def test_killed_hypervisor_is_reported_down(env: DriverEnv) -> None:
     restarted = env.new_driver()
     recovered = only(await restarted.recover(), vm_id)
     assert recovered.state in DOWN and recovered.pid is None
+
+
+async def test_hypervisor_killed_while_no_driver_watched_is_crashed(env: DriverEnv) -> None:
+    vm_id = new_vm_id()
+    started = await env.start(vm_id, env.spec("c-unwatched"))
+    await env.driver.close()  # the agent is gone when the hypervisor dies
+    await env.kill_hypervisor(vm_id, started.pid)
+    if env.name == "qemu":  # dead before any driver looks again, so none saw it go
+        for _ in range(100):
+            if not _alive(started.pid):
+                break
+            await asyncio.sleep(0.05)
+    recovered = only(await env.new_driver().recover(), vm_id)
+    assert recovered.state is VmState.CRASHED and recovered.pid is None, recovered
+    assert recovered.reason, f"no reason given for {recovered}"
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 async def test_new_driver_adopts_running_domain(env: DriverEnv) -> None:

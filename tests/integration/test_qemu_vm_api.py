@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,3 +177,88 @@ def test_the_cli_drives_a_real_guest(daemon: Daemon, tmp_path: Path) -> None:
     assert json.loads(cli("vm", "show", "cli1", "--json").stdout)["state"] == "stopped"
     assert cli("vm", "delete", "cli1").returncode == 0
 
+
+
+def qmp_command(socket_path: Path, command: str) -> None:
+    """One QMP command, sent as an outside client would (no daemon is there to ask)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(socket_path))
+        stream = sock.makefile("rw")
+        stream.readline()  # the greeting
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}) + "\n")
+            stream.flush()
+            while "return" not in json.loads(stream.readline()):
+                pass  # events that came first
+
+
+def test_qemu_gone_while_the_daemon_was_down_is_crashed_if_killed_and_stopped_if_powered_off(
+        daemon: Daemon) -> None:
+    for name in ("killed", "off"):
+        assert daemon.call("POST", "/vms", json={"name": name, "memory": "192M"}).status_code == 201
+        daemon.ok("POST", f"/vms/{name}/start")
+    for name in ("killed", "off"):
+        daemon.wait_ready(name)
+    run = {name: daemon.data_dir / "run" / daemon.vm(name)["id"] for name in ("killed", "off")}
+    pids = {name: json.loads((run[name] / "runtime.json").read_text())["pid"] for name in run}
+
+    daemon.kill()
+    os.kill(pids["killed"], signal.SIGKILL)
+    qmp_command(run["off"] / "qmp.sock", "system_powerdown")  # the guest's acpid powers it off
+    deadline = time.monotonic() + 30
+    while qemu_pids(daemon.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert qemu_pids(daemon.data_dir) == []
+    daemon.start()
+
+    killed, off = daemon.vm("killed"), daemon.vm("off")
+    assert killed["state"] == "crashed", killed
+    assert f"QEMU process {pids['killed']} died while the daemon was down" in killed["state_reason"]
+    assert off["state"] == "stopped", off
+    assert "exited normally while the daemon was down" in off["state_reason"]
+    daemon.ok("POST", "/vms/killed/start")  # and both start again
+    daemon.ok("POST", "/vms/off/start")
+    for name in ("killed", "off"):
+        daemon.ok("POST", f"/vms/{name}/stop")
+
+
+def test_a_full_disk_pauses_the_guest_until_space_is_freed_and_it_is_resumed(daemon: Daemon) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = daemon.data_dir / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        pool = daemon.call("POST", "/pools", json={"name": "small", "type": "dir", "path": str(small)})
+        assert pool.status_code == 201, pool.text
+        disk = small / "data.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+        spec = {"name": "full", "memory": "192M", "disks": [{"path": str(disk), "format": "qcow2"}]}
+        assert daemon.call("POST", "/vms", json=spec).status_code == 201
+        daemon.ok("POST", "/vms/full/start")
+        daemon.wait_ready("full")
+        runtime = json.loads((daemon.data_dir / "run" / daemon.vm("full")["id"] / "runtime.json").read_text())
+
+        # 32 MiB into an 8 MiB file system: QEMU stops the guest (werror=enospc) and keeps the write to retry.
+        console_run(daemon, "full", "dd if=/dev/zero of=/dev/vda bs=1M count=32; echo filled-$((6*7))", "dd if=")
+        vm = daemon.wait_state("full", ("paused",), timeout=60)
+        assert vm["state"] == "paused", vm
+        assert vm["state_reason"] == f"disk full (ENOSPC) on {disk}: free space, then resume"
+        for _ in range(3):  # reading the state (and the reconcile passes meanwhile) changes nothing
+            time.sleep(0.7)
+            assert daemon.vm("full")["state"] == "paused"
+        assert qemu_pids(daemon.data_dir) == [runtime["pid"]]
+        assert "filled-42" not in daemon.logs("full")
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)  # space freed
+        daemon.ok("POST", "/vms/full/resume")
+        daemon.wait_log("full", r"filled-42")  # the write that hit the full disk went through
+        assert daemon.vm("full")["state"] == "running"
+        assert qemu_pids(daemon.data_dir) == [runtime["pid"]]
+        assert "crashed" not in [e["kind"] for e in daemon.call("GET", "/vms/full/events").json()]
+        daemon.ok("POST", "/vms/full/stop")
+    finally:
+        for pid in qemu_pids(daemon.data_dir):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(small)], check=False)

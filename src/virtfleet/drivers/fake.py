@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import struct
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -47,11 +48,29 @@ class FakeDomain:
     overlays: list[tuple[str, str]] = field(default_factory=list)  # live snapshots taken, for tests to inspect
 
 
+HOLD_TIMEOUT = 30.0  # a test that forgets to release a held call fails instead of hanging
+
+
+@dataclass
+class Hold:
+    """The next call of one operation parks here until the test releases it: an interleaving made certain, not
+    likely. Threading events, because tests drive the server's event loop from another thread."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+
 @dataclass
 class FakeHost:
     domains: dict[str, FakeDomain] = field(default_factory=dict)
     next_pid: int = 40000
     fail_next: dict[str, str] = field(default_factory=dict)  # operation -> error message, consumed once
+    holds: dict[str, Hold] = field(default_factory=dict)  # operation -> where its next call waits, consumed once
+
+    def hold(self, operation: str) -> Hold:
+        """Make the next `operation` call (list_domains: after it has read the domains) wait for hold.released."""
+        hold = self.holds[operation] = Hold()
+        return hold
 
     def crash(self, vm_id: str, reason: str = "killed by signal 9") -> None:
         """Simulate the hypervisor process dying under the VM."""
@@ -103,11 +122,20 @@ class FakeDriver:
         if message is not None:
             raise DriverError(f"fake {operation} failed", message)
 
+    async def _maybe_hold(self, operation: str) -> None:
+        hold = self.host.holds.pop(operation, None)
+        if hold is not None:
+            hold.reached.set()
+            if not await asyncio.to_thread(hold.released.wait, HOLD_TIMEOUT):
+                raise DriverError(f"fake {operation} held", f"not released within {HOLD_TIMEOUT:g}s")
+
     async def recover(self) -> list[DomainStatus]:
         return await self.list_domains()
 
     async def list_domains(self) -> list[DomainStatus]:
-        return [self._status(vm_id, d) for vm_id, d in self.host.domains.items()]
+        statuses = [self._status(vm_id, d) for vm_id, d in self.host.domains.items()]
+        await self._maybe_hold("list_domains")  # a real driver awaits each domain in turn: the host moves on
+        return statuses
 
     async def status(self, vm_id: str) -> DomainStatus:
         return self._status(vm_id, self._domain(vm_id))
@@ -170,6 +198,7 @@ class FakeDriver:
         self._require_live(vm_id, VmState.PAUSED).state = VmState.RUNNING
 
     async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        await self._maybe_hold("attach_disk")
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
         _require_hotplug(domain, "attach disks")
         if any(d.path == disk.path for d in domain.spec.disks):

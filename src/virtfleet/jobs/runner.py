@@ -5,6 +5,10 @@ volumes it attaches, a volume with the VM that uses it), all at once or none; a 
 at once with 409 and the id of the job that holds it, rather than queued behind it, so clients never wait on
 something they cannot see. Work re-checks the state it depends on once it runs: the locks guarantee nothing changed
 it since, except what happened before the job was submitted.
+
+Whoever reads the host's state and applies it later (the reconcile pass) opens a watch window first: the runner
+notes in it every object a job took or let go of meanwhile, so an observation older than a job's outcome is never
+applied over it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,21 @@ class JobContext:
 Work = Callable[[JobContext], Awaitable[str]]  # returns the final message
 
 
+class WatchWindow:
+    """The objects that had a job take or release them since the window opened (see JobRunner.watching)."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+        self._touched: set[str] = set()
+
+    def note(self, keys: Iterable[str]) -> None:
+        self._touched.update(keys)
+
+    def unsettled(self, key: str) -> bool:
+        """True if a job held `key` at any moment since the window opened: what was observed may be stale."""
+        return key in self._touched or self._runner.busy(key) is not None
+
+
 class JobRunner:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -45,28 +64,56 @@ class JobRunner:
         self._held: dict[str, list[str]] = {}  # job id -> the objects it locked
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when finished
         self._tasks: set[asyncio.Task[None]] = set()
+        self._windows: list[WatchWindow] = []
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[WatchWindow]:
+        """Open a window for an observation that awaits (a read of the host) and is applied afterwards.
+
+        A job that started or ended while the window was open is noted in it: its outcome may be newer than the
+        observation. A job that ended before the window opened is fully visible to the observation; one that starts
+        after the caller applied it cannot, as long as the caller applies it without yielding to the loop."""
+        window = WatchWindow(self)
+        self._windows.append(window)
+        try:
+            yield window
+        finally:
+            self._windows.remove(window)
+
+    def _note(self, keys: Iterable[str]) -> None:
+        held = list(keys)
+        for window in self._windows:
+            window.note(held)
 
     def busy(self, target: str) -> Job | None:
         return self._active.get(target)
 
-    def check_free(self, target: str, label: str) -> None:
+    def check_free(self, target: str, label: str, *, within: Job | None = None) -> None:
+        """Raise Busy if a job holds `target` (other than `within`, on whose behalf the caller acts)."""
         holder = self._active.get(target)
-        if holder is not None:
+        if holder is not None and (within is None or holder.id != within.id):
             raise Busy(label, holder.id, holder.kind)
 
-    def submit(self, kind: str, target: str, label: str, work: Work, *, locks: Mapping[str, str] | None = None
-               ) -> Job:
+    def check_all_free(self, locks: Mapping[str, str], *, within: Job | None = None) -> None:
+        for key, label in locks.items():
+            self.check_free(key, label, within=within)
+
+    def submit(self, kind: str, target: str, label: str, work: Work, *, locks: Mapping[str, str] | None = None,
+               within: Job | None = None) -> Job:
         """Persist a job and start it; raises Busy if `target` or any of `locks` (key -> label) has a job running.
 
         Every key is checked before any is taken, and the loop does not yield in between: two submissions can never
-        each hold half of what they need."""
-        keys = {target: label, **(locks or {})}
+        each hold half of what they need. A job started by another one (`within`) may use what that one holds: the
+        keys stay the parent's, which waits for it."""
+        inherited = set(self._held.get(within.id, ())) if within is not None else set()
+        keys = {key: key_label for key, key_label in {target: label, **(locks or {})}.items() if key not in inherited}
         for key, key_label in keys.items():
             self.check_free(key, key_label)
         job = self._db.add_job(kind, target)
         for key in keys:
             self._active[key] = job
         self._held[job.id] = list(keys)
+        self._note(keys)
         self._done[job.id] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._run(job, work), name=f"job-{kind}-{job.id}")
         self._tasks.add(task)
@@ -97,8 +144,10 @@ class JobRunner:
             self._finish(job, status=JobStatus.FAILED, message="failed", error=f"internal error: {detail}",
                          error_code="internal")
         finally:
-            for key in self._held.pop(job.id):
+            released = self._held.pop(job.id)
+            for key in released:
                 del self._active[key]
+            self._note(released)
             self._done.pop(job.id).set()
 
     def _finish(self, job: Job, **outcome: Any) -> None:

@@ -51,11 +51,21 @@ class SnapshotService:
         return self.repo.for_vm(self.db.get_vm(ref).id)
 
     def _submit(self, vm: Vm, kind: str, work: Work, allowed: frozenset[VmState], verb: str) -> Job:
+        """Run `work` holding the VM and its volumes (a snapshot moves their top images), state checked twice."""
         label = f"vm '{vm.name}'"
         self.runner.check_free(vm.id, label)
-        if vm.state not in allowed:
-            raise InvalidState(label, verb, vm.state.value, (s.value for s in allowed))
-        return self.runner.submit(kind, vm.id, label, work)
+
+        def check(state: VmState) -> None:
+            if state not in allowed:
+                raise InvalidState(label, verb, state.value, (s.value for s in allowed))
+
+        check(vm.state)
+
+        async def checked(context: JobContext) -> str:
+            check(self.db.get_vm(vm.id).state)  # again, now that the locks are held
+            return await work(context)
+
+        return self.runner.submit(kind, vm.id, label, checked, locks=self.disks.locks(vm.spec.disks))
 
     # --- create --------------------------------------------------------------------------------------------
     def create(self, ref: str, spec: SnapshotSpec) -> Job:

@@ -3,6 +3,9 @@
 Checks that can fail fast (unknown pool, name taken, no room, attached volume, dependents) raise before a job
 exists; the slow part (qemu-img, copies, downloads) runs as a job in a worker thread. Every copy lands under a
 temporary name and is renamed into place only once it is complete and checked, so a failure leaves nothing behind.
+
+A job on an existing volume locks it by its id (volume_key), with the VM using it, and checks again once it runs
+that the volume still exists and may still be changed; VM jobs lock the volumes they touch under the same key.
 """
 
 from __future__ import annotations
@@ -57,10 +60,17 @@ class VolumeDetails:
 AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM using it
 
 
+def volume_key(volume: Volume) -> str:
+    """The lock key of an existing volume: its id, which a snapshot moving its top image does not change. (A volume
+    being made has no id yet: its job holds "volume:POOL/NAME", the name it will take.)"""
+    return f"volume:{volume.id}"
+
+
 class StorageService:
     def __init__(self, db: Database, runner: JobRunner, data_dir: Path, attached_to: AttachedLookup,
                  intents: IntentLog, *, max_volume_size: int = DEFAULT_MAX_VOLUME_SIZE,
                  pool_roots: Sequence[Path] = (), import_allow: Sequence[IPNetwork] = ()) -> None:
+        self.db = db
         self.repo = StorageRepo(db)
         self.intents = intents
         self.import_allow = tuple(import_allow)  # non-public networks imports may fetch from (admin's choice)
@@ -205,12 +215,29 @@ class StorageService:
                 raise InvalidSpec("size", f"{size} bytes do not fit: pool '{pool.name}' has {usage.available} free")
         return backend
 
-    def _submit(self, kind: str, ref: str, work: Callable[[JobContext], object]) -> Job:
+    def _submit(self, kind: str, ref: str, work: Callable[[JobContext], object], *,
+                locks: dict[str, str] | None = None, within: Job | None = None) -> Job:
         async def run(context: JobContext) -> str:
             # in_thread: a cancelled job kills its qemu-img and lets the thread remove its partial files.
             return str(await in_thread(work, context))
 
-        return self.runner.submit(kind, f"volume:{ref}", f"volume '{ref}'", run)
+        return self.runner.submit(kind, f"volume:{ref}", f"volume '{ref}'", run, locks=locks, within=within)
+
+    def locks_for(self, volume: Volume) -> dict[str, str]:
+        """What a job on `volume` locks: the volume, and the VM using it (key -> label)."""
+        locks = {volume_key(volume): f"volume '{volume.ref}'"}
+        if volume.attached_to is not None:
+            with contextlib.suppress(NotFound):
+                vm = self.db.get_vm(volume.attached_to)
+                locks[vm.id] = f"vm '{vm.name}'"
+        return locks
+
+    def _reread(self, volume: Volume) -> Volume:
+        """The volume as it is now, inside its job: gone, or changed, since the request was checked?"""
+        try:
+            return self._attached(self.repo.get_volume_by_id(volume.id))
+        except NotFound:
+            raise NotFound("volume", volume.ref) from None
 
     def create_volume(self, pool_name: str, spec: VolumeSpec) -> Job:
         pool = self.repo.get_pool(pool_name)
@@ -232,6 +259,19 @@ class StorageService:
         if size < volume.size and not shrink:
             raise InvalidSpec("size", f"{size} is smaller than the current {volume.size} bytes: shrinking loses "
                                       "data, add --force (shrink=true) if you mean it")
+        self._check_resizable(volume, size)
+        backend = self.backend(self.repo.get_pool(volume.pool))
+
+        def work(context: JobContext) -> str:
+            current = self._reread(volume)
+            self._check_resizable(current, size)
+            backend.resize_volume(current.name, current.format, size, shrink=size < current.size)
+            self.repo.update_volume(current.id, size=size)
+            return f"resized {current.ref} to {size} bytes"
+
+        return self._submit("volume.resize", volume.ref, work, locks=self.locks_for(volume))
+
+    def _check_resizable(self, volume: Volume, size: int) -> None:
         if volume.attached_to is not None:
             raise Conflict(f"volume {volume.ref} is attached to vm '{volume.attached_to}'; detach it first")
         dependents = self.repo.dependents(volume.id)
@@ -239,14 +279,6 @@ class StorageService:
             clones = ", ".join(d.ref for d in dependents)
             raise Conflict(f"volume {volume.ref} is the base of linked clones ({clones}); shrinking it would cut "
                            "the data they read")
-        backend = self.backend(self.repo.get_pool(volume.pool))
-
-        def work(context: JobContext) -> str:
-            backend.resize_volume(volume.name, volume.format, size, shrink=size < volume.size)
-            self.repo.update_volume(volume.id, size=size)
-            return f"resized {volume.ref} to {size} bytes"
-
-        return self._submit("volume.resize", volume.ref, work)
 
     def _check_deletable(self, volume: Volume) -> None:
         if volume.attached_to is not None:
@@ -256,17 +288,19 @@ class StorageService:
             names = ", ".join(d.ref for d in dependents)
             raise Conflict(f"volume {volume.ref} is the base of linked clones: {names}; delete them first")
 
-    def delete_volume(self, ref: str) -> Job:
+    def delete_volume(self, ref: str, *, within: Job | None = None) -> Job:
+        """Delete a volume (`within`: on behalf of that job, e.g. a VM delete holding the volume's lock)."""
         volume = self.volume(ref)
         self._check_deletable(volume)
         backend = self.backend(self.repo.get_pool(volume.pool))
 
         def work(context: JobContext) -> str:
+            self._check_deletable(self._reread(volume))
             backend.delete_volume(volume.name)
             self.repo.delete_volume(volume.id)
             return f"deleted volume {volume.ref}"
 
-        return self._submit("volume.delete", volume.ref, work)
+        return self._submit("volume.delete", volume.ref, work, locks=self.locks_for(volume), within=within)
 
     def move_volume_top(self, ref: str, path: str, fmt: VolumeFormat) -> None:
         """A snapshot put a new image on top of the volume (or merged one away): it is the volume's image now."""
@@ -275,6 +309,7 @@ class StorageService:
 
     def set_template(self, ref: str, template: bool) -> Volume:
         volume = self.volume(ref)
+        self.runner.check_all_free(self.locks_for(volume))  # e.g. a linked clone being made on it
         if template and volume.attached_to is not None:
             raise Conflict(f"volume {volume.ref} is attached to vm '{volume.attached_to}'; a template must be "
                            "free (linked clones read it while their VMs run)")
@@ -286,7 +321,8 @@ class StorageService:
             path.chmod(0o400 if template else PRIVATE_FILE)
         return self._attached(self.repo.update_volume(volume.id, template=template))
 
-    def clone_volume(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None) -> Job:
+    def clone_volume(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None,
+                     within: Job | None = None) -> Job:
         source = self.volume(ref)
         pool = self.repo.get_pool(pool_name or source.pool)
         if linked:
@@ -305,6 +341,9 @@ class StorageService:
         new_ref = f"{pool.name}/{new_name}"
 
         def work(context: JobContext) -> str:
+            current = self._reread(source)
+            if linked and not current.template:
+                raise Conflict(f"{source.ref} is no longer a template; a linked clone needs one")
             with self.new_volume(pool, new_name, context.job.id):
                 if linked:
                     if backend.supports_backing_files:
@@ -325,7 +364,7 @@ class StorageService:
                 self.repo.add_volume(pool.name, new_name, fmt, source.size, str(final))
             return f"full clone {new_ref} of {source.ref}"
 
-        return self._submit("volume.clone", new_ref, work)
+        return self._submit("volume.clone", new_ref, work, locks=self.locks_for(source), within=within)
 
     def build_volume(self, pool_name: str, name: str, fmt: VolumeFormat,
                      build: Callable[[Path, Callable[[str], None]], object], kind: str, *,

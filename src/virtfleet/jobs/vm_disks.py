@@ -7,12 +7,13 @@ format), whether it may be written (templates) and who holds it (one VM). A requ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from virtfleet.errors import Conflict, InvalidSpec, NotFound
 from virtfleet.images.cloudinit import CloudInit, build_seed_iso
-from virtfleet.jobs.storage import DEFAULT_POOL, StorageService
-from virtfleet.model.job import JobStatus
+from virtfleet.jobs.storage import DEFAULT_POOL, StorageService, volume_key
+from virtfleet.model.job import Job, JobStatus
 from virtfleet.model.storage import Volume
 from virtfleet.model.vm import BackingLayer, CloudInitSpec, DiskSpec, Vm, VmSpec
 from virtfleet.storage import qemu_img
@@ -111,6 +112,22 @@ class DiskResolver:
         """A resolved disk's checked backing chain (qemu-img: call it off the event loop)."""
         return backing_chain(disk, [root.resolve() for root in self.storage.pool_roots()], field)
 
+    def locks(self, disks: Iterable[DiskSpec]) -> dict[str, str]:
+        """What a job touching these disks locks (key -> label): each volume by its id, a plain file by its path."""
+        keys: dict[str, str] = {}
+        for disk in disks:
+            if disk.volume is not None:
+                try:
+                    volume = self.storage.volume(disk.volume)
+                except NotFound:
+                    pass  # gone: nothing to lock, and the job's own checks refuse to use it
+                else:
+                    keys[volume_key(volume)] = f"volume '{volume.ref}'"
+                    continue
+            if disk.path is not None:
+                keys[f"file:{disk.path}"] = f"disk {disk.path}"
+        return keys
+
     def forget_seed(self, vm: Vm) -> None:
         (self.seed_dir / f"{vm.id}.iso").unlink(missing_ok=True)
 
@@ -187,14 +204,15 @@ class DiskResolver:
         if user is not None:
             raise InvalidSpec(field, f"{volume.ref} is already attached to vm '{user}'")
 
-    async def delete_volumes_of(self, spec: VmSpec) -> list[str]:
-        """Delete the volumes a (deleted) VM used, except templates and volumes something else depends on."""
+    async def delete_volumes_of(self, spec: VmSpec, *, within: Job) -> list[str]:
+        """Delete the volumes a (deleted) VM used, except templates and volumes something else depends on; on
+        behalf of the VM's delete job, which holds their locks."""
         removed = []
         for disk in spec.disks:
             if disk.volume is None or disk.readonly:
                 continue
             try:
-                job = self.storage.delete_volume(disk.volume)
+                job = self.storage.delete_volume(disk.volume, within=within)
             except (NotFound, Conflict):
                 continue  # kept: gone already, or a base others need
             done = await self.storage.runner.wait(job.id, 600)

@@ -23,7 +23,7 @@ class VmTemplates:
     def make_template(self, ref: str) -> Vm:
         """Freeze a stopped VM: its volumes become read-only templates and it can no longer be started."""
         vm = self.db.get_vm(ref)
-        self.runner.check_free(vm.id, f"vm '{vm.name}'")
+        self.runner.check_all_free({vm.id: f"vm '{vm.name}'", **self.vms.disks.locks(vm.spec.disks)})
         if vm.state not in (VmState.STOPPED, VmState.CRASHED):
             raise InvalidState(f"vm '{vm.name}'", "template", vm.state.value, ["stopped", "crashed"])
         for index, disk in enumerate(vm.spec.disks):
@@ -62,6 +62,8 @@ class VmTemplates:
             raise Conflict(f"a vm named '{name}' already exists")
 
         async def work(context: JobContext) -> str:
+            if not self.db.get_vm(template.id).template:  # again, now that the template and its disks are locked
+                raise Conflict(f"vm '{template.name}' is no longer a template")
             made: list[str] = []
             disks = []
             try:
@@ -72,7 +74,7 @@ class VmTemplates:
                     pool = disk.volume.split("/", 1)[0]
                     clone_name = f"{name}-disk{index}"
                     context.progress(10 + 70 * index // max(1, len(base.disks)), f"cloning {disk.volume}")
-                    job = self.storage.clone_volume(disk.volume, clone_name, linked=linked)
+                    job = self.storage.clone_volume(disk.volume, clone_name, linked=linked, within=context.job)
                     done = await self.runner.wait(job.id, CLONE_TIMEOUT)
                     if done.status is not JobStatus.SUCCEEDED:
                         raise Conflict(f"cloning {disk.volume} failed: {done.error}")
@@ -82,14 +84,16 @@ class VmTemplates:
                 cloud_init = (base.cloud_init.model_copy(update={"hostname": None})
                               if base.cloud_init is not None else None)
                 spec = base.model_copy(update={"disks": disks, "nics": nics, "cloud_init": cloud_init})
-                vm = self.vms.create(type(base).model_validate(spec.model_dump()))
+                vm = self.vms.create(type(base).model_validate(spec.model_dump()), within=context.job)
             except BaseException:
                 for volume in made:  # nothing lost, nothing left: the clones made for it go
-                    job = self.storage.delete_volume(volume)
+                    job = self.storage.delete_volume(volume, within=context.job)
                     await self.runner.wait(job.id, CLONE_TIMEOUT)
                 raise
             kind = "linked" if linked else "full"
             self.db.add_event(vm.id, "created", f"created from template '{template.name}' ({kind} clones)")
             return f"created vm '{name}' from template '{template.name}' ({len(made)} {kind} clone(s))"
 
-        return self.runner.submit("vm.clone", f"vm-name:{name}", f"vm '{name}'", work)
+        # The template and its disks are locked while they are copied: not deleted, changed or un-templated meanwhile.
+        locks = {template.id: f"vm '{template.name}'", **self.vms.disks.locks(template.spec.disks)}
+        return self.runner.submit("vm.clone", f"vm-name:{name}", f"vm '{name}'", work, locks=locks)

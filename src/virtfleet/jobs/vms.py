@@ -1,14 +1,15 @@
 """VM operations: validate -> lock -> check state -> run as a job against the driver.
 
 Checks that can fail fast (unknown VM, busy, wrong state, bad spec) raise before a job exists, so the caller gets a
-409/422 at once; only the work that touches the hypervisor runs inside the job.
+409/422 at once; only the work that touches the hypervisor runs inside the job. A job locks the VM and the volumes
+it touches, and checks the state again once it runs, on the VM as it is then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
 from virtfleet.errors import Conflict, NotFound, OperationTimeout, VirtfleetError
@@ -62,33 +63,42 @@ class VmService:
             return b""  # never started on this host: no history yet
 
     # --- create ----------------------------------------------------------------------------------------------
-    def create(self, spec: VmSpec) -> Vm:
+    def create(self, spec: VmSpec, *, within: Job | None = None) -> Vm:
+        """Record a new VM; `within`: on behalf of that job (a clone from a template), which may hold its volumes."""
         spec = self.networks.resolve(self.disks.resolve(spec))
         self.images.check_spec(spec)
+        self.runner.check_all_free(self.disks.locks(spec.disks), within=within)  # e.g. a volume being deleted
         return self.db.add_vm(spec, self.host)
 
     # --- state changes ---------------------------------------------------------------------------------------
-    def _submit(self, ref: str, operation: VmOperation, work: Callable[[Vm, JobContext], Awaitable[str]]) -> Job:
+    def _submit(self, ref: str, operation: VmOperation, work: Callable[[Vm, JobContext], Awaitable[str]], *,
+                locks: Mapping[str, str] | None = None) -> Job:
         vm = self.db.get_vm(ref)
         label = f"vm '{vm.name}'"
         self.runner.check_free(vm.id, label)
         require(operation, vm.state, label)
 
         async def guarded(context: JobContext) -> str:
+            current = self.db.get_vm(vm.id)
+            require(operation, current.state, label)  # again, now that the locks are held
             try:
-                return await work(vm, context)
+                return await work(current, context)
             except BaseException:
-                await self._resync(vm)  # whatever failed, the record shows what the host really runs
+                await self._resync(current)  # whatever failed, the record shows what the host really runs
                 raise
 
-        return self.runner.submit(f"vm.{operation.value}", vm.id, label, guarded)
+        return self.runner.submit(f"vm.{operation.value}", vm.id, label, guarded, locks=locks)
 
     async def _resync(self, vm: Vm) -> None:
         try:
             status = await self.driver.status(vm.id)
         except VirtfleetError:
             status = DomainStatus(vm.id, VmState.STOPPED, reason="not defined on the host")
-        if self.db.get_vm(vm.id).state is not status.state:
+        try:
+            recorded = self.db.get_vm(vm.id)
+        except NotFound:
+            return  # deleted before the failure (e.g. removing its volumes failed): nothing left to correct
+        if recorded.state is not status.state:
             self.db.set_vm_state(vm.id, status.state, status.reason or "re-read from the host")
 
     def _record(self, vm: Vm, status: DomainStatus, kind: str, message: str) -> None:
@@ -168,8 +178,10 @@ class VmService:
         return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed")
 
     def delete(self, ref: str, force: bool = False, delete_volumes: bool = False) -> Job:
-        """Delete a VM; its volumes are kept (detached) unless `delete_volumes`."""
+        """Delete a VM; its volumes are kept (detached) unless `delete_volumes`. Either way they are locked: they
+        stop being in use, or stop existing, when the job ends."""
         vm = self.db.get_vm(ref)
+        locks = self.disks.locks(vm.spec.disks)
 
         async def undefine(vm: Vm, context: JobContext) -> str:
             context.progress(50, "removing the domain from the host")
@@ -179,7 +191,7 @@ class VmService:
             self.db.delete_vm(vm.id)
             message = f"deleted vm '{vm.name}'"
             if delete_volumes:
-                removed = await self.disks.delete_volumes_of(vm.spec)
+                removed = await self.disks.delete_volumes_of(vm.spec, within=context.job)
                 message += f" and its volumes {', '.join(removed)}" if removed else ""
             return message
 
@@ -188,10 +200,10 @@ class VmService:
 
             async def forced(context: JobContext) -> str:
                 await self.driver.stop(vm.id)
-                return await undefine(vm, context)
+                return await undefine(self.db.get_vm(vm.id), context)
 
-            return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced)
-        return self._submit(ref, VmOperation.DELETE, undefine)
+            return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced, locks=locks)
+        return self._submit(ref, VmOperation.DELETE, undefine, locks=locks)
 
     def boot_spec(self, vm: Vm) -> VmSpec:
         """What QEMU runs: disks with their checked chains and the seed disk, NICs with their taps."""
@@ -260,11 +272,12 @@ class VmService:
         """Attach a disk: hot-plugged into a running q35 VM, or recorded for the next start of a stopped one."""
         vm = self.db.get_vm(ref)
         field = f"disks[{len(vm.spec.disks)}]"
-        spec = self.disks.with_disk(vm, disk)
-        resolved = spec.disks[-1]
+        resolved = self.disks.with_disk(vm, disk).disks[-1]
         label = resolved.volume or resolved.path
 
         async def work(vm: Vm, context: JobContext) -> str:
+            spec = self.disks.with_disk(vm, disk)  # again under the locks: still there, still free, still allowed?
+            resolved = spec.disks[-1]
             # Checked now, not only at the next start: an image that reads another file is refused at once.
             chain = await asyncio.to_thread(self.disks.chain_of, resolved, field)
             if is_live(vm.state):
@@ -275,16 +288,22 @@ class VmService:
             self.db.add_event(vm.id, "disk-attached", f"{label} {where}")
             return f"{label} {where}"
 
-        return self._submit(ref, VmOperation.ATTACH_DISK, work)
+        return self._submit(ref, VmOperation.ATTACH_DISK, work, locks=self.disks.locks([resolved]))
 
-    def detach_disk(self, ref: str, disk_ref: str, timeout: float = 30.0) -> Job:
-        vm = self.db.get_vm(ref)
+    def _find_disk(self, vm: Vm, disk_ref: str) -> DiskSpec:
+        """A disk of the VM by its volume or by any path to its file."""
         disk = self.disks.find_disk(vm, disk_ref)
         if disk is None:
             raise NotFound("disk", f"{disk_ref} on vm '{vm.name}'")
-        spec = vm.spec.model_copy(update={"disks": [d for d in vm.spec.disks if d is not disk]})
+        return disk
+
+    def detach_disk(self, ref: str, disk_ref: str, timeout: float = 30.0) -> Job:
+        vm = self.db.get_vm(ref)
+        disk = self._find_disk(vm, disk_ref)
 
         async def work(vm: Vm, context: JobContext) -> str:
+            disk = self._find_disk(vm, disk_ref)
+            spec = vm.spec.model_copy(update={"disks": [d for d in vm.spec.disks if d is not disk]})
             if is_live(vm.state):
                 context.progress(20, "waiting for the guest to release the disk")
                 await self.driver.detach_disk(vm.id, disk, timeout)
@@ -294,7 +313,7 @@ class VmService:
             self.db.add_event(vm.id, "disk-detached", message)
             return message
 
-        return self._submit(ref, VmOperation.DETACH_DISK, work)
+        return self._submit(ref, VmOperation.DETACH_DISK, work, locks=self.disks.locks([disk]))
 
     # --- console ---------------------------------------------------------------------------------------------
     async def open_console(self, ref: str) -> tuple[Vm, ConsoleStreams]:

@@ -64,7 +64,8 @@ QUIT_TIMEOUT = 5.0
 CONSOLE_LOG_MAX = 2 << 20  # the console log is trimmed to its last CONSOLE_LOG_KEEP bytes past this size
 CONSOLE_LOG_KEEP = 1 << 20
 
-# QMP run states (query-status) -> ours. Anything not listed counts as paused: vCPUs are not running.
+# QMP run states (query-status) -> ours. Anything not listed counts as paused: the vCPUs stopped, QEMU still there.
+# Reading the state never acts on it: a guest stopped on a full disk goes on once space is freed and it is resumed.
 _RUN_STATES = {
     "running": VmState.RUNNING,
     "paused": VmState.PAUSED,
@@ -72,7 +73,11 @@ _RUN_STATES = {
     "prelaunch": VmState.STARTING,
     "inmigrate": VmState.STARTING,
 }
-_FATAL_RUN_STATES = frozenset({"internal-error", "guest-panicked", "io-error"})
+# Why QEMU stopped the vCPUs on its own, for the paused states a user did not ask for ("io-error" names its disk).
+_STOP_REASONS = {
+    "internal-error": "QEMU stopped the guest on an internal error of the hypervisor; stop it, then start it again",
+    "guest-panicked": "the guest kernel panicked; stop it, then start it again",
+}
 
 # QEMU's SHUTDOWN event reasons -> what we tell the user.
 _SHUTDOWN_REASONS = {
@@ -108,6 +113,23 @@ def tap_counters(argv: list[str]) -> tuple[int, int]:
                 received += int((stats / "tx_bytes").read_text())
                 sent += int((stats / "rx_bytes").read_text())
     return received, sent
+
+
+async def _io_error_reason(monitor: Monitor, spec: VmSpec | None) -> str:
+    """Which disk stopped the guest, and why (query-block's io-status): a full disk is the usual cause."""
+    try:
+        devices: list[dict[str, Any]] = await monitor.execute("query-block", timeout=3.0)
+    except DriverError:
+        devices = []
+    names = {disk.node_name: str(disk.volume or disk.path) for disk in spec.disks} if spec is not None else {}
+    for device in devices:
+        inserted = device.get("inserted") or {}
+        disk = names.get(str(inserted.get("node-name"))) or inserted.get("file") or device.get("qdev") or "a disk"
+        if device.get("io-status") == "nospace":
+            return f"disk full (ENOSPC) on {disk}: free space, then resume"
+        if device.get("io-status") == "failed":
+            return f"I/O error on {disk}: fix the storage, then resume"
+    return "stopped on a disk I/O error: fix the storage, then resume"
 
 
 def _meminfo_kib(field: str, meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -226,24 +248,26 @@ class QemuDriver:
             return DomainStatus(vm_id, VmState.RUNNING, pid, "QMP monitor not answering", accel, spec)
         except DriverError as error:
             return DomainStatus(vm_id, VmState.RUNNING, pid, f"QMP monitor unavailable: {error.message}", accel, spec)
-        if run_state in _FATAL_RUN_STATES:
-            # CRASHED means no process: a QEMU stuck in an error state is stopped and the cause kept.
-            self._record_exit(paths, VmState.CRASHED, f"guest stopped with QEMU run state {run_state}")
-            await self._terminate(vm_id, paths, pid)
-            return self._down_status(vm_id, paths, spec, runtime)
         state = _RUN_STATES.get(run_state, VmState.PAUSED)
-        reason = "" if state is not VmState.PAUSED or run_state == "paused" else f"QEMU run state {run_state}"
+        reason = ""
+        if run_state == "io-error":
+            reason = await _io_error_reason(monitor, spec)
+        elif state is VmState.PAUSED and run_state != "paused":
+            reason = _STOP_REASONS.get(run_state, f"QEMU run state {run_state}")
         return DomainStatus(vm_id, state, pid, reason or str(runtime.get("warning", "")), accel, spec)
 
     def _down_status(
         self, vm_id: str, paths: RunPaths, spec: VmSpec | None, runtime: Mapping[str, Any]
     ) -> DomainStatus:
-        if runtime:  # it was started: find out how it ended
-            watched = vm_id in self._monitors
-            if watched:
-                self._record_exit(paths, VmState.CRASHED, f"QEMU process {runtime.get('pid')} died (killed?)")
+        if runtime:  # it was started: find out how it ended (a cause seen as it happened was recorded already)
+            pid = runtime.get("pid")
+            unwatched = "" if vm_id in self._monitors else " while the daemon was down"
+            # QEMU removes its pidfile when it exits normally (guest power-off, quit, SIGTERM), never when it is
+            # killed or crashes: the one trace of how it ended that outlives a daemon that was not watching.
+            if read_pid(paths.pidfile) == pid:
+                self._record_exit(paths, VmState.CRASHED, f"QEMU process {pid} died{unwatched} (killed?)")
             else:
-                self._record_exit(paths, VmState.STOPPED, "QEMU exited while the agent was not watching")
+                self._record_exit(paths, VmState.STOPPED, f"QEMU exited normally{unwatched} (guest powered off?)")
         exit_record = read_record(paths.exit)
         self._forget(vm_id)
         if exit_record is None:

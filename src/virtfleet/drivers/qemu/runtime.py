@@ -4,7 +4,7 @@
                       runtime.json  how the running QEMU was started: pid, accel, argv (versioned record)
                       exit.json     why it last stopped, written when we saw it go
                       qemu-start.log  what QEMU printed before it daemonized (start-up errors)
-                      qemu.pid      QEMU's own pidfile
+                      qemu.pid      QEMU's own pidfile (QEMU removes it on a normal exit, not when killed)
                       qmp.sock      QMP monitor
                       console.sock  serial console (one client at a time)
                       console.log   everything the serial console printed, trimmed like a ring
