@@ -150,3 +150,15 @@ def test_recovery_removes_a_partial_memory_save_and_an_unswitched_revert(tmp_pat
         assert [s.name for s in qemu_img.snapshot_list(Path(a), "qcow2")] == []
         assert tops(after) == [a, b] and pool_files(after) == {a, b}
         assert server(after).snapshots.intents.pending() == []
+
+
+def test_an_operation_left_open_is_settled_before_the_next_one(api: Api) -> None:
+    make_vm(api, "a")
+    vm_id, (a,) = api.vm("s")["id"], tops(api)
+    stale = overlay_on(a, "x")
+    make(stale)
+    begin(api, "snapshot.revert", RevertPlan(vm=vm_id, snapshot="none", name="r", disks=[stale]))
+    assert job(api, "POST", "snapshots", json={"name": "s1"})["status"] == "succeeded"
+    assert not Path(stale.overlay).exists()
+    assert [s["name"] for s in snapshots(api)] == ["s1"]
+    assert server(api).snapshots.intents.pending() == []

@@ -16,12 +16,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import READY, Daemon, qemu_pids
+from tests.integration.conftest import READY, Daemon, qemu_pids, serving_tiny
 from tests.integration.test_snapshots import read, write
 from virtfleet import failpoints
 from virtfleet.jobs import snapshots as snapshot_jobs
@@ -31,10 +32,11 @@ pytestmark = pytest.mark.integration
 VM = "crash"
 
 
-def restart_armed(daemon: Daemon, point: str) -> None:
-    daemon.stop()  # the guest keeps running
-    daemon.arm(point)
-    daemon.start()
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest, short_tmp: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
+    """A daemon armed from its first start at the failpoint the test names (booting the guest hits none)."""
+    with serving_tiny(short_tmp, tiny_image_dir, armed=(request.param,)) as server:
+        yield server
 
 
 def crash(daemon: Daemon, method: str, path: str, *, then: str | None = None, before_restart: Any = None,
@@ -139,11 +141,11 @@ CREATE = [("snapshot.create.after-intent", False), ("snapshot.create.after-overl
           ("snapshot.create.after-record", True)]
 
 
+@pytest.mark.parametrize("daemon", [CREATE[0][0]], indirect=True)
 def test_killed_live_snapshot_create_converges(daemon: Daemon, tmp_path: Path) -> None:
     boot(daemon)
     scratch = tmp_path / "read.raw"
     points = [point for point, _ in CREATE]
-    restart_armed(daemon, points[0])
     taken: dict[str, str] = {}  # snapshot -> the marker the guest had written when it was taken
     name = "ca"
     for index, (point, kept) in enumerate(CREATE):
@@ -181,12 +183,12 @@ DELETE = ["snapshot.delete.after-intent", "snapshot.delete.before-pivot", "snaps
           "snapshot.delete.after-record"]
 
 
+@pytest.mark.parametrize("daemon", [DELETE[0]], indirect=True)
 def test_killed_snapshot_delete_converges(daemon: Daemon, tmp_path: Path) -> None:
     boot(daemon)
     scratch = tmp_path / "read.raw"
     daemon.ok("POST", f"/vms/{VM}/snapshots", json={"name": "da"})
     write(daemon, VM, "newa")
-    restart_armed(daemon, DELETE[0])
     for index, point in enumerate(DELETE):  # live block-commit of the active image
         letter = "abcdefgh"[index]
         job = crash(daemon, "DELETE", f"/vms/{VM}/snapshots/d{letter}",
@@ -241,11 +243,11 @@ REVERT = ["snapshot.memory-delete.after-tags", "snapshot.revert.after-load", "sn
           "snapshot.revert.after-switch"]
 
 
+@pytest.mark.parametrize("daemon", [MEMORY[0][0]], indirect=True)
 def test_killed_memory_snapshot_and_revert_converge(daemon: Daemon, tmp_path: Path) -> None:
     boot(daemon)
     scratch = tmp_path / "read.raw"
     points = [point for point, _ in MEMORY] + REVERT
-    restart_armed(daemon, points[0])
     saved: dict[str, str] = {}
     for index, (point, kept) in enumerate(MEMORY):
         marker = f"mem{'abcdefgh'[index]}"

@@ -153,9 +153,21 @@ class SnapshotSettler:
     @property
     def handlers(self) -> dict[str, Handler]:
         """Intent kind -> its settle function."""
-        return {"snapshot.create": self.settle_create, "snapshot.delete": self.settle_delete,
-                "snapshot.memory-save": self.settle_memory_save, "snapshot.memory-delete": self.settle_memory_delete,
-                "snapshot.revert": self.settle_revert, "snapshot.memory-revert": self.settle_memory_revert}
+        handlers: dict[str, Handler] = {
+            "snapshot.create": self.settle_create, "snapshot.delete": self.settle_delete,
+            "snapshot.memory-save": self.settle_memory_save, "snapshot.memory-delete": self.settle_memory_delete,
+            "snapshot.revert": self.settle_revert, "snapshot.memory-revert": self.settle_memory_revert}
+        return {kind: self._unless_vm_gone(handler) for kind, handler in handlers.items()}
+
+    def _unless_vm_gone(self, settle: Handler) -> Handler:
+        async def guarded(intent: Intent) -> Outcome:
+            try:
+                await asyncio.to_thread(self.db.get_vm, str(intent.data.get("vm")))
+            except NotFound:
+                return Outcome(False, "the VM was deleted since; nothing left to settle")
+            return await settle(intent)
+
+        return guarded
 
     def register(self, recovery: Recovery) -> None:
         for kind, handler in self.handlers.items():
@@ -358,7 +370,13 @@ class SnapshotSettler:
 
     async def settle_memory_delete(self, intent: Intent) -> Outcome:
         plan = MemoryPlan.model_validate(intent.data)
-        await self.delete_tags(plan.vm, plan.snapshot, plan.images)
+        try:
+            await self.delete_tags(plan.vm, plan.snapshot, plan.images)
+        except DriverError as error:
+            present, _ = await self.tags(plan.vm, plan.images)
+            if all(plan.snapshot in present[image] for image in plan.images):
+                return Outcome(False, f"memory snapshot '{plan.name}' is still whole, kept ({error.message})")
+            raise  # gone from some images: only finishing the delete makes the record true again
         await asyncio.to_thread(self.forget, plan.vm, plan.snapshot)
         return Outcome(True, f"memory snapshot '{plan.name}' deleted")
 

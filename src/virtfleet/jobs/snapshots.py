@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from virtfleet import failpoints
 from virtfleet.drivers.base import BeforePivot, Driver
-from virtfleet.errors import Conflict, InvalidSpec, InvalidState
+from virtfleet.errors import Conflict, InvalidSpec, InvalidState, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
 from virtfleet.jobs.recovery import Handler, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner, Work
@@ -119,7 +119,12 @@ class SnapshotService:
         handlers = self.settler.handlers
         for intent in await asyncio.to_thread(self.intents.pending):
             if intent.kind in handlers and intent.data.get("vm") == vm_id:
-                outcome = await handlers[intent.kind](intent)
+                try:
+                    outcome = await handlers[intent.kind](intent)
+                except VirtfleetError as error:
+                    raise Conflict(f"an earlier {intent.kind} on this VM (job {intent.job_id}) could not be "
+                                   f"settled: {error.message}; it is retried before each snapshot operation and "
+                                   "at every start") from error
                 await asyncio.to_thread(self.intents.end, intent)
                 log.warning("settled the %s left open on vm %s: %s", intent.kind, vm_id, outcome.message)
 
