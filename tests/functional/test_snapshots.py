@@ -4,6 +4,7 @@ operation, and the recovery at start-up of operations a dead daemon left half do
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,25 @@ def test_an_operation_left_open_is_settled_before_the_next_one(api: Api) -> None
     assert not Path(stale.overlay).exists()
     assert [s["name"] for s in snapshots(api)] == ["s1"]
     assert server(api).snapshots.intents.pending() == []
+
+
+def qemu_io(image: str, command: str) -> str:
+    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, image], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_merging_a_layer_below_the_top_of_a_stopped_vm(api: Api) -> None:
+    make_vm(api, "a")
+    assert job(api, "POST", "snapshots", json={"name": "s1"})["status"] == "succeeded"
+    [middle] = tops(api)
+    qemu_io(middle, "write -P 0x61 0 512")  # written after s1: the layer s1's delete merges
+    assert job(api, "POST", "snapshots", json={"name": "s2"})["status"] == "succeeded"
+    [top] = tops(api)
+    frozen = snapshots(api)[0]["layers"][0]["frozen"]
+    assert job(api, "DELETE", "snapshots/s1")["status"] == "succeeded"
+    assert tops(api) == [top]
+    [s2] = snapshots(api)
+    assert s2["layers"][0]["frozen"] == frozen  # s2's state now lives in the image the layer was merged into
+    assert qemu_img.info(Path(top), "qcow2").backing_file == frozen
+    assert "read 512/512" in qemu_io(top, "read -P 0x61 0 512")  # the merged data reads through the chain
+    assert pool_files(api) == {top, frozen}

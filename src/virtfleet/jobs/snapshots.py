@@ -312,7 +312,7 @@ class SnapshotService:
                 return await self._guarded("snapshot.memory-delete", label, plan, context, drop,
                                            self.settler.settle_memory_delete)
             merges = DeletePlan(vm=vm.id, snapshot=target.id, name=name, live=is_live(current.state),
-                                merges=self._merge_plan(current, target))
+                                merges=await asyncio.to_thread(self._merge_plan, current, target))
             return await self._guarded("snapshot.delete", label, merges, context,
                                        lambda tracked: self._merge(merges, tracked), self.settler.settle_delete)
 
