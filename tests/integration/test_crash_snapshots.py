@@ -27,8 +27,6 @@ from tests.integration.test_snapshots import read, write
 from virtfleet import failpoints
 from virtfleet.jobs import snapshots as snapshot_jobs
 
-pytestmark = pytest.mark.integration
-
 VM = "crash"
 
 
@@ -142,6 +140,7 @@ CREATE = [("snapshot.create.after-intent", False), ("snapshot.create.after-overl
 
 
 @pytest.mark.parametrize("daemon", [CREATE[0][0]], indirect=True)
+@pytest.mark.integration
 def test_killed_live_snapshot_create_converges(daemon: Daemon, tmp_path: Path) -> None:
     boot(daemon)
     scratch = tmp_path / "read.raw"
@@ -184,6 +183,7 @@ DELETE = ["snapshot.delete.after-intent", "snapshot.delete.before-pivot", "snaps
 
 
 @pytest.mark.parametrize("daemon", [DELETE[0]], indirect=True)
+@pytest.mark.integration
 def test_killed_snapshot_delete_converges(daemon: Daemon, tmp_path: Path) -> None:
     boot(daemon)
     scratch = tmp_path / "read.raw"
@@ -244,6 +244,7 @@ REVERT = ["snapshot.memory-delete.after-tags", "snapshot.revert.after-load", "sn
 
 
 @pytest.mark.parametrize("daemon", [MEMORY[0][0]], indirect=True)
+@pytest.mark.integration
 def test_killed_memory_snapshot_and_revert_converge(daemon: Daemon, tmp_path: Path) -> None:
     boot(daemon)
     scratch = tmp_path / "read.raw"
@@ -293,7 +294,7 @@ def test_killed_memory_snapshot_and_revert_converge(daemon: Daemon, tmp_path: Pa
     assert read(daemon, VM) == saved["m2"]
 
 
-def test_every_snapshot_failpoint_is_tested() -> None:
+def test_every_snapshot_failpoint_is_tested() -> None:  # not marked integration: it runs in every suite
     tested = {point for point, _ in CREATE} | set(DELETE) | {point for point, _ in MEMORY} | set(REVERT)
     assert snapshot_jobs.__name__  # imported: it declares its failpoints
     declared = {name for name in failpoints.POINTS if name.startswith("snapshot.")}
