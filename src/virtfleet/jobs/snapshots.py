@@ -217,8 +217,7 @@ class SnapshotService:
             return f"memory snapshot '{plan.name}' of vm '{vm_name}'"
 
         return await self._guarded("snapshot.memory-save", f"vm '{vm_name}' snapshot '{plan.name}'", plan,
-                                   context, save,
-                                   self.settler.settle_memory_save)
+                                   context, save, self.settler.settle_memory_save)
 
     # --- revert --------------------------------------------------------------------------------------------
     def revert(self, ref: str, name: str) -> Job:
