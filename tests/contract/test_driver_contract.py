@@ -18,7 +18,8 @@ from tests.contract.conftest import CONSOLE_TAIL, READY_MARKER, DriverEnv, ready
 from tests.rfb import RfbHandshake, ServerInit
 from virtfleet.drivers.base import BOOT_SEPARATOR, ConsoleStreams, DomainStatus, Driver, HostInfo
 from virtfleet.errors import Conflict, NotFound
-from virtfleet.model.vm import VmState
+from virtfleet.model.vm import DiskSpec, VmState
+from virtfleet.storage import qemu_img
 
 DOWN = (VmState.STOPPED, VmState.CRASHED)
 
@@ -321,3 +322,51 @@ def test_ready_marker_matches_the_guest() -> None:
     from virtfleet.images import tiny
 
     assert fake.READY_MARKER == tiny.READY_MARKER == READY_MARKER
+
+
+async def test_block_graph_is_read_back_and_an_interrupted_merge_finishes(env: DriverEnv) -> None:
+    """What crash recovery of snapshots relies on: the driver tells which image each disk writes and which
+    internal snapshots the images hold, and a merge whose agent died before the switch is finished, not stuck."""
+    vm_id = new_vm_id()
+    base, overlay = env.config.run_dir.parent / "disk", env.config.run_dir.parent / "disk@1"
+    await asyncio.to_thread(qemu_img.create, base, "qcow2", 16 << 20)
+    spec = env.spec("c-block", disks=[DiskSpec(path=str(base), format="qcow2")])
+    await env.start(vm_id, spec)
+    driver = env.driver
+
+    async def chains(on: Driver) -> list[list[str]]:
+        return [[image.path for image in chain] for chain in await on.disk_chains(vm_id)]
+
+    assert await chains(driver) == [[str(base)]]
+    await asyncio.to_thread(qemu_img.create, overlay, "qcow2", 16 << 20, backing=base, backing_fmt="qcow2")
+    await driver.snapshot_disks(vm_id, [(str(base), str(overlay))])
+    assert await chains(driver) == [[str(overlay), str(base)]]
+    await driver.memory_snapshot(vm_id, "save", "tag1", [str(overlay)])
+    [[top, below]] = await driver.disk_chains(vm_id)
+    assert (top.snapshots, below.snapshots) == (("tag1",), ())
+    await driver.memory_snapshot(vm_id, "delete", "tag1", [str(overlay)])
+
+    class AgentDied(Exception):
+        pass
+
+    async def die() -> None:
+        raise AgentDied
+
+    with pytest.raises(AgentDied):  # the merge is ready, the agent dies before the disk switches to the base
+        await driver.commit_disk(vm_id, str(overlay), str(base), before_pivot=die)
+    assert await chains(driver) == [[str(overlay), str(base)]]
+    await driver.close()
+    adopter = env.new_driver()
+    pivots: list[str] = []
+
+    async def record() -> None:
+        pivots.append("pivot")
+
+    await adopter.commit_disk(vm_id, str(overlay), str(base), before_pivot=record)  # finishes the leftover job
+    assert pivots == ["pivot"]
+    assert await chains(adopter) == [[str(base)]]
+    await adopter.commit_disk(vm_id, str(overlay), str(base))  # merged already: nothing to do
+    await adopter.release_images(vm_id, [str(overlay), str(base)])  # the disk's own image stays open
+    assert await chains(adopter) == [[str(base)]]
+    assert await adopter.settle_block_jobs(vm_id) == []
+    await adopter.stop(vm_id)

@@ -170,11 +170,14 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def serving_tiny(data_dir: Path, tiny_image_dir: Path) -> Iterator[Daemon]:
-    """A `virtfleet serve` on `data_dir` with the built tiny image; stopped, with every guest it ran, at the end."""
+def serving_tiny(data_dir: Path, tiny_image_dir: Path, *, armed: tuple[str, ...] = ()) -> Iterator[Daemon]:
+    """A `virtfleet serve` on `data_dir` with the built tiny image (armed at those failpoints from its first start);
+    stopped, with every guest it ran, at the end."""
     (data_dir / "images").mkdir()
     (data_dir / "images" / "tiny").symlink_to(tiny_image_dir)
     server = Daemon(data_dir)
+    if armed:
+        server.arm(*armed)
     server.start()
     try:
         yield server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -81,8 +81,18 @@ class DriverConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OpenImage:
+    """One image file a running domain has open in a disk's chain, with the names of its internal snapshots."""
+
+    path: str
+    snapshots: tuple[str, ...] = ()
+
+
 ConsoleStreams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 MemoryAction = Literal["save", "load", "delete"]
+DiskChain = tuple[OpenImage, ...]  # one disk's images as the hypervisor has them open: the active layer first
+BeforePivot = Callable[[], Awaitable[None]]
 
 # Drivers write this line into the console history before each boot, so "this boot's output" is findable.
 BOOT_SEPARATOR = "[virtfleet] starting"
@@ -158,8 +168,27 @@ class Driver(Protocol):
         pair switches to the overlay, all disks at the same instant."""
         ...
 
-    async def commit_disk(self, vm_id: str, device_top: str, top: str, base: str) -> None:
-        """Live merge of the image `top` into its backing image `base` (`device_top`: the disk's active image)."""
+    async def commit_disk(self, vm_id: str, top: str, base: str, *, before_pivot: BeforePivot | None = None
+                          ) -> None:
+        """Live merge of the image `top` into `base` below it, in the disk whose chain holds both. Idempotent: a
+        merge an earlier call left unfinished is completed first, and a `top` no longer in the chain is merged
+        already. When `top` is the active image, `before_pivot` is awaited once `base` holds all its data, right
+        before the disk switches to `base`."""
+        ...
+
+    async def disk_chains(self, vm_id: str) -> list[DiskChain]:
+        """What a running domain really has open, per disk (after a crash this, not the store, says which image
+        the guest writes)."""
+        ...
+
+    async def settle_block_jobs(self, vm_id: str) -> list[str]:
+        """End the block jobs an earlier agent left on a running domain (wait for them; a merge that is ready is
+        completed: its data is in the base already); returns the errors of those that failed."""
+        ...
+
+    async def release_images(self, vm_id: str, paths: list[str]) -> None:
+        """Close these images where a running domain has them open outside every disk's chain (left over from
+        an interrupted snapshot or merge); images still in a chain stay open."""
         ...
 
     async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:

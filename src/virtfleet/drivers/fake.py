@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 
 from virtfleet.drivers.base import (
     BOOT_SEPARATOR,
+    BeforePivot,
     BootImage,
     Capabilities,
     ConsoleStreams,
+    DiskChain,
     DomainStatus,
     DriverConfig,
     HostInfo,
     MemoryAction,
+    OpenImage,
     UsageSample,
 )
 from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
@@ -46,6 +49,8 @@ class FakeDomain:
     links: dict[str, bool] = field(default_factory=dict)  # NIC -> cable plugged
     ticks: int = 0  # usage samples taken
     overlays: list[tuple[str, str]] = field(default_factory=list)  # live snapshots taken, for tests to inspect
+    chains: list[list[str]] = field(default_factory=list)  # per disk the images it has open, active layer first
+    image_tags: dict[str, set[str]] = field(default_factory=dict)  # image -> its internal snapshots
 
 
 HOLD_TIMEOUT = 30.0  # a test that forgets to release a held call fails instead of hanging
@@ -161,6 +166,7 @@ class FakeDriver:
             raise Conflict(f"domain {vm_id} is already {domain.state.value}")
         self.host.next_pid += 1
         domain.spec, domain.state, domain.pid, domain.reason = spec, VmState.RUNNING, self.host.next_pid, ""
+        domain.chains = [[str(d.path), *(layer.path for layer in d.backing_chain)] for d in spec.disks]
         if restore is not None and restore not in domain.memory_snapshots:
             raise DriverError("fake restore failed", f"no memory snapshot {restore}")
         source = f"memory snapshot {restore}" if restore else (boot.name if boot else "disk")
@@ -228,22 +234,56 @@ class FakeDriver:
         domain.links[nic.netdev_id] = up
 
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
-        self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED).overlays.extend(overlays)
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        self._maybe_fail("snapshot")
+        tops = {chain[0]: chain for chain in domain.chains if chain}
+        missing = [top for top, _ in overlays if top not in tops]
+        if missing:  # all disks switch or none, like QEMU's transaction
+            raise DriverError("fake snapshot failed", f"no disk has {missing[0]} as its active image")
+        for top, overlay in overlays:
+            tops[top].insert(0, overlay)
+        domain.overlays.extend(overlays)
 
-    async def commit_disk(self, vm_id: str, device_top: str, top: str, base: str) -> None:
-        self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+    async def commit_disk(self, vm_id: str, top: str, base: str, *, before_pivot: BeforePivot | None = None
+                          ) -> None:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
         self._maybe_fail("commit")
+        chain = next((chain for chain in domain.chains if base in chain), None)
+        if chain is None:
+            raise DriverError("fake commit failed", f"no disk has {base} open")
+        if top not in chain:
+            return  # merged already
+        if chain[0] == top and before_pivot is not None:
+            await before_pivot()
+        del chain[chain.index(top):chain.index(base)]
+
+    async def disk_chains(self, vm_id: str) -> list[DiskChain]:
+        domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        return [tuple(OpenImage(path, tuple(sorted(domain.image_tags.get(path, ())))) for path in chain)
+                for chain in domain.chains]
+
+    async def settle_block_jobs(self, vm_id: str) -> list[str]:
+        self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        return []  # the fake's block jobs end within the call that starts them
+
+    async def release_images(self, vm_id: str, paths: list[str]) -> None:
+        self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
 
     async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
         if not images:
             raise DriverError("fake memory snapshot failed", "no qcow2 image to hold the VM state")
         if action == "save":
+            self._maybe_fail("memory-save")
             domain.memory_snapshots.add(tag)
+            for image in images:
+                domain.image_tags.setdefault(image, set()).add(tag)
         elif tag not in domain.memory_snapshots:
             raise DriverError(f"fake memory snapshot {action} failed", f"no snapshot {tag}")
         elif action == "delete":
             domain.memory_snapshots.discard(tag)
+            for image in images:
+                domain.image_tags.get(image, set()).discard(tag)
         else:
             domain.console += f"restored memory snapshot {tag}\n".encode()
 

@@ -45,13 +45,14 @@ class SnapshotRepo:
         return next((s for s in self.for_vm(vm_id) if s.current), None)
 
     def add(self, vm_id: str, name: str, kind: SnapshotKind, description: str, vm_state: str,
-            layers: list[SnapshotLayer]) -> Snapshot:
+            layers: list[SnapshotLayer], *, snapshot_id: str | None = None) -> Snapshot:
+        """Record a snapshot as the VM's current one; `snapshot_id` when it was chosen before the files were made."""
         parent = self.current(vm_id)
         try:
             with self.db.session() as session:
                 session.execute(update(SnapshotRow).where(SnapshotRow.vm_id == vm_id).values(current=False))
                 session.add(SnapshotRow(
-                    id=str(uuid.uuid4()), vm_id=vm_id, name=name, kind=kind, description=description,
+                    id=snapshot_id or str(uuid.uuid4()), vm_id=vm_id, name=name, kind=kind, description=description,
                     parent_id=parent.id if parent else None, current=True, vm_state=vm_state,
                     layers_json=json.dumps([layer.model_dump() for layer in layers]), created_at=utcnow(),
                 ))

@@ -23,9 +23,11 @@ from typing import Any
 
 from virtfleet.drivers.base import (
     BOOT_SEPARATOR,
+    BeforePivot,
     BootImage,
     Capabilities,
     ConsoleStreams,
+    DiskChain,
     DomainStatus,
     DriverConfig,
     HostInfo,
@@ -538,10 +540,27 @@ class QemuDriver:
                      for top, overlay in overlays]
             await blockjobs.external_snapshot(monitor, named)
 
-    async def commit_disk(self, vm_id: str, device_top: str, top: str, base: str) -> None:
+    async def commit_disk(self, vm_id: str, top: str, base: str, *, before_pivot: BeforePivot | None = None
+                          ) -> None:
         _, monitor, _ = await self._require_running(vm_id)
         async with self._lock(vm_id):
-            await blockjobs.commit(monitor, device_top, top, base, f"commit-{secrets.token_hex(4)}")
+            # Named after the merge, not the attempt: a retry finds the job an interrupted attempt left.
+            job_id = "commit-" + hashlib.sha256(f"{top}\0{base}".encode()).hexdigest()[:12]
+            await blockjobs.commit(monitor, top, base, job_id, before_pivot=before_pivot)
+
+    async def disk_chains(self, vm_id: str) -> list[DiskChain]:
+        _, monitor, _ = await self._require_running(vm_id)
+        return [chain for _, chain in await blockjobs.devices(monitor)]
+
+    async def settle_block_jobs(self, vm_id: str) -> list[str]:
+        _, monitor, _ = await self._require_running(vm_id)
+        async with self._lock(vm_id):
+            return await blockjobs.settle_jobs(monitor)
+
+    async def release_images(self, vm_id: str, paths: list[str]) -> None:
+        _, monitor, _ = await self._require_running(vm_id)
+        async with self._lock(vm_id):
+            await blockjobs.release(monitor, paths)
 
     async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
         _, monitor, _ = await self._require_running(vm_id)
