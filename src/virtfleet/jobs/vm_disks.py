@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.errors import InvalidSpec, NotFound
 from virtfleet.images.cloudinit import CloudInit, build_seed_iso
 from virtfleet.jobs.storage import StorageService
-from virtfleet.model.job import JobStatus
 from virtfleet.model.storage import Volume
 from virtfleet.model.vm import BackingLayer, CloudInitSpec, DiskSpec, Vm, VmSpec
 from virtfleet.storage import qemu_img
@@ -125,18 +124,3 @@ class DiskResolver:
         if user is not None:
             raise InvalidSpec(field, f"{resolved.volume or resolved.path} is already attached to vm '{user}'")
         return resolved
-
-    async def delete_volumes_of(self, spec: VmSpec) -> list[str]:
-        """Delete the volumes a (deleted) VM used, except templates and volumes something else depends on."""
-        removed = []
-        for disk in spec.disks:
-            if disk.volume is None or disk.readonly:
-                continue
-            try:
-                job = self.storage.delete_volume(disk.volume)
-            except (NotFound, Conflict):
-                continue  # kept: gone already, or a base others need
-            done = await self.storage.runner.wait(job.id, 600)
-            if done.status is JobStatus.SUCCEEDED:
-                removed.append(disk.volume)
-        return removed

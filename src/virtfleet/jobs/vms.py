@@ -167,32 +167,6 @@ class VmService:
     def resume(self, ref: str) -> Job:
         return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed")
 
-    def delete(self, ref: str, force: bool = False, delete_volumes: bool = False) -> Job:
-        """Delete a VM; its volumes are kept (detached) unless `delete_volumes`."""
-        vm = self.db.get_vm(ref)
-
-        async def undefine(vm: Vm, context: JobContext) -> str:
-            context.progress(50, "removing the domain from the host")
-            await self.driver.undefine(vm.id)
-            self.disks.forget_seed(vm)
-            await asyncio.to_thread(self.networks.forget_vm, vm)
-            self.db.delete_vm(vm.id)
-            message = f"deleted vm '{vm.name}'"
-            if delete_volumes:
-                removed = await self.disks.delete_volumes_of(vm.spec)
-                message += f" and its volumes {', '.join(removed)}" if removed else ""
-            return message
-
-        if force and vm.state not in (VmState.STOPPED, VmState.CRASHED):
-            self.runner.check_free(vm.id, f"vm '{vm.name}'")
-
-            async def forced(context: JobContext) -> str:
-                await self.driver.stop(vm.id)
-                return await undefine(vm, context)
-
-            return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced)
-        return self._submit(ref, VmOperation.DELETE, undefine)
-
     def boot_spec(self, vm: Vm) -> VmSpec:
         """What QEMU runs: disks with their checked chains and the seed disk, NICs with their taps."""
         spec = self.disks.boot_spec(vm)
