@@ -64,6 +64,7 @@ class VmDeleter:
             intent = self.intents.begin(INTENT_KIND, vm.id, {"vm": vm.model_dump(mode="json"), "volumes": volumes},
                                         job_id=context.job.id)
             try:
+                failpoints.hit("vm.delete.after-intent")
                 message = await self._converge(vm, volumes, stop=force, progress=context.progress)
             except asyncio.CancelledError:
                 raise  # the daemon is stopping: the intent stays, the next start finishes the delete
