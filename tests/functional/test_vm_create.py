@@ -3,6 +3,7 @@ the volumes and records the VM, or leaves nothing (fake hypervisor, real qemu-im
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import Api
+from virtfleet.jobs.runner import JobContext
 from virtfleet.jobs.storage import StorageService, VolumePlan
 from virtfleet.server import Server
 
@@ -175,3 +177,25 @@ def test_the_name_and_the_new_volumes_are_locked_while_the_job_runs(api: Api,
     finally:
         release.set()
     assert api.wait(response.json())["status"] == "succeeded"
+
+
+def test_a_volume_another_job_holds_is_not_attached_meanwhile(api: Api) -> None:
+    make_volume(api, "data")
+    runner, release = server_of(api).runner, threading.Event()
+
+    async def hold(_context: JobContext) -> str:  # any job on the volume (a copy, a snapshot) holds its lock
+        await asyncio.to_thread(release.wait, 10)
+        return "released"
+
+    portal = api.client.portal
+    assert portal is not None
+    holder = portal.call(lambda: runner.submit("test.hold", "volume:default/data", "volume 'default/data'", hold))
+    try:
+        for body in ({"name": "a", "disks": [{"volume": "data"}]},  # a bare name is the same volume
+                     {"name": "b", "disks": [{"volume": "default/data"}, {"new": {"size": "8M"}}]}):
+            busy = api.client.post("/api/v1/vms", json=body)
+            assert busy.status_code == 409 and busy.json()["error"]["job_id"] == holder.id, busy.text
+    finally:
+        release.set()
+    assert api.wait(holder.model_dump(mode="json"))["status"] == "succeeded"
+    assert volumes(api) == ["default/data"] and api.client.get("/api/v1/vms").json() == []

@@ -38,10 +38,11 @@ failpoints.declare("vm.create.after-vm-record", "the VM is recorded with its new
 class CreatePlan:
     spec: VmSpec  # what gets recorded: each new disk names the volume planned for it
     volumes: list[tuple[int, VolumePlan]]  # (index in disks, the volume to make for it)
+    attached: list[str]  # the existing volumes it attaches, as POOL/NAME
 
     def locks(self) -> dict[str, str]:
         """The job's locks besides the VM's name: every volume it makes or attaches."""
-        refs = [plan.ref for _, plan in self.volumes] + [d.volume for d in self.spec.disks if d.volume is not None]
+        refs = [plan.ref for _, plan in self.volumes] + self.attached
         return {f"volume:{ref}": f"volume '{ref}'" for ref in refs}
 
 
@@ -86,8 +87,7 @@ class VmCreator:
         disks = [disk_spec(disk, planned[index].ref if index in planned else None)
                  for index, disk in enumerate(request.disks)]
         spec = VmSpec.model_validate({**request.model_dump(exclude={"disks"}), "disks": disks})
-        self._check_spec(spec, planned)
-        return CreatePlan(spec, volumes)
+        return CreatePlan(spec, volumes, self._check_spec(spec, planned))
 
     def _plan_volume(self, vm_name: str, index: int, new: NewVolume) -> VolumePlan:
         field = f"disks[{index}].new"
@@ -126,22 +126,28 @@ class VmCreator:
                 raise InvalidSpec(f"disks[{planned[-1][0]}].new.size", f"the new volumes in pool '{pool}' need "
                                   f"{needed} bytes together; it has {usage.available} free")
 
-    def _check_spec(self, spec: VmSpec, planned: dict[int, VolumePlan]) -> None:
-        """What VmService.create checks, with the planned volumes standing in for volumes not made yet."""
+    def _check_spec(self, spec: VmSpec, planned: dict[int, VolumePlan]) -> list[str]:
+        """What VmService.create checks, with the planned volumes standing in for volumes not made yet; returns the
+        existing volumes the VM attaches."""
         vms = self.vms
         if spec.cloud_init is not None:
             cloud_init_for(spec.name, "check", spec.cloud_init)
         paths: list[str | None] = []
+        attached = []
         for index, disk in enumerate(spec.disks):
             if index in planned:
                 paths.append(str(planned[index].backend.volume_path(planned[index].name)))
-            else:
-                paths.append(vms.disks.resolve_disk(disk, f"disks[{index}]").path)
+                continue
+            resolved = vms.disks.resolve_disk(disk, f"disks[{index}]")
+            paths.append(resolved.path)
+            if resolved.volume is not None:
+                attached.append(resolved.volume)
         for index, path in enumerate(paths):
             if path in paths[:index]:
                 raise InvalidSpec(f"disks[{index}]", f"{path} is attached twice")
         vms.networks.resolve(spec)
         vms.images.check_spec(spec)
+        return attached
 
     # --- the job ---------------------------------------------------------------------------------------------
     def _run(self, request: VmCreate, context: JobContext, note: str | None) -> str:
