@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,19 +161,27 @@ def test_the_name_and_the_new_volumes_are_locked_while_the_job_runs(api: Api,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     storage = server_of(api).storage
     real_make = StorageService.make_file
-    release = threading.Event()
+    release, made = threading.Event(), []
 
     def slow_make(plan: VolumePlan, progress: Any = None) -> Path:
-        release.wait(10)
+        if made:  # the first volume exists: the job waits before the second
+            release.wait(10)
+        made.append(plan.ref)
         return real_make(storage, plan, progress)
 
     monkeypatch.setattr(storage, "make_file", slow_make)
-    response = api.client.post("/api/v1/vms", json={"name": "web", "disks": [{"new": {"size": "8M"}}]})
+    body = {"name": "web", "disks": [{"new": {"size": "8M"}}, {"new": {"size": "8M"}}]}
+    response = api.client.post("/api/v1/vms", json=body)
     assert response.status_code == 202
     try:
-        twin = api.client.post("/api/v1/vms", json={"name": "web"})
-        assert twin.status_code == 409 and twin.json()["error"]["code"] == "busy", twin.text
-        volume = api.client.post("/api/v1/pools/default/volumes", json={"name": "web-disk0", "size": "8M"})
+        deadline = time.monotonic() + 10
+        while api.client.get("/api/v1/volumes/default/web-disk0").status_code != 200:
+            assert time.monotonic() < deadline, "the first volume was never made"
+            time.sleep(0.02)
+        for twin in ({"name": "web"}, body):  # busy, not "web-disk0 exists": the same create is under way
+            refused = api.client.post("/api/v1/vms", json=twin)
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "busy", refused.text
+        volume = api.client.post("/api/v1/pools/default/volumes", json={"name": "web-disk1", "size": "8M"})
         assert volume.status_code == 409 and volume.json()["error"]["code"] == "busy", volume.text
     finally:
         release.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from virtfleet.jobs.vms import VmService
 from virtfleet.model.job import Job
 from virtfleet.model.vm import DiskRequest, DiskSpec, NewVolume, Vm, VmCreate, VmSpec, valid_name
 from virtfleet.store.intent_repo import Intent, IntentLog
+
+log = logging.getLogger(__name__)
 
 INTENT_KIND = "vm.create"
 
@@ -63,10 +66,10 @@ class VmCreator:
                ) -> Vm | Job:
         """Check everything, then: the recorded VM when no volume has to be made (unless `as_job`), else the job
         that makes them (`note`: a line for the new VM's event log, e.g. which template it came from)."""
-        plan = self.plan(request)
         label = f"vm '{request.name}'"
+        self.runner.check_free(f"vm-name:{request.name}", label)  # a create of this name running: busy, say so
+        plan = self.plan(request)
         if not plan.volumes and not as_job:
-            self.runner.check_free(f"vm-name:{request.name}", label)
             for key, key_label in plan.locks().items():
                 self.runner.check_free(key, key_label)
             return self._record(plan.spec, note)
@@ -169,8 +172,12 @@ class VmCreator:
             vm = self._record(plan.spec, note)
             failpoints.hit("vm.create.after-vm-record")
         except BaseException:
-            self._settle(intent)
-            self.intents.end(intent)
+            try:
+                self._settle(intent)
+            except Exception:  # the intent stays: the next start rolls back what this could not
+                log.exception("rolling back the create of vm %s failed", request.name)
+            else:
+                self.intents.end(intent)
             raise
         self.intents.end(intent)
         refs = ", ".join(volume.ref for _, volume in plan.volumes)
