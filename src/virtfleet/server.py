@@ -76,7 +76,7 @@ class Server:
         vm_creator.register_recovery(recovery)
         vm_deleter = VmDeleter(db, driver, runner, disks, networks, storage, intents)
         vm_deleter.register_recovery(recovery)
-        templates = VmTemplates(db, vms, storage, runner, vm_creator)
+        templates = VmTemplates(db, storage, runner, vm_creator)
         snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
         sampler = MetricsSampler(db, driver, settings.metrics_interval)

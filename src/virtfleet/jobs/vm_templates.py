@@ -8,17 +8,14 @@ from virtfleet.errors import Conflict, InvalidSpec, InvalidState
 from virtfleet.jobs.runner import JobRunner
 from virtfleet.jobs.storage import StorageService
 from virtfleet.jobs.vm_create import VmCreator, default_volume_name
-from virtfleet.jobs.vms import VmService
 from virtfleet.model.job import Job
 from virtfleet.model.vm import Vm, VmCreate, VmState
 from virtfleet.store.db import Database
 
 
 class VmTemplates:
-    def __init__(self, db: Database, vms: VmService, storage: StorageService, runner: JobRunner,
-                 creator: VmCreator) -> None:
+    def __init__(self, db: Database, storage: StorageService, runner: JobRunner, creator: VmCreator) -> None:
         self.db = db
-        self.vms = vms
         self.storage = storage
         self.runner = runner
         self.creator = creator
