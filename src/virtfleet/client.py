@@ -86,16 +86,20 @@ class Client:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise ApiError(0, "unreachable", f"cannot reach virtfleet at {self.base_url} ({error}); "
                            "is `virtfleet serve` running?") from None
-        if response.status_code == 204:
-            return None
         if response.is_error:
             self._raise(response)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 204:
+            return None
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
@@ -175,6 +179,23 @@ class Client:
         except httpx.TransportError as error:
             raise ApiError(0, "unreachable", f"no event stream from {self.base_url} ({error}); "
                            "is `virtfleet serve` running?") from None
+
+    def create_vm(self, spec: dict[str, Any], on_update: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
+        """POST /vms and return the VM. Disks with `new` are made by a job (202), followed here to its end (`on_update`
+        sees its progress); a job that failed raises ApiError, and left nothing behind. Without new disks the server
+        records the VM at once (201)."""
+        response = self._send("POST", "/vms", json=spec)
+        if response.status_code != 202:
+            created: dict[str, Any] = response.json()
+            return created
+        job = self.wait_job(response.json(), on_update)
+        if job["status"] != "succeeded":
+            code, message = job.get("error_code") or "failed", job.get("error") or "the create job failed"
+            # Accepted, then refused by its job: the same code a synchronous refusal would carry, 409 for HTTP.
+            raise ApiError(409, code, message, {"error": {"code": code, "message": message, "job_id": job["id"]}})
+        vm: dict[str, Any] = self.get(f"/vms/{spec['name']}")
+        return vm
 
     def wait_job(
         self, job: dict[str, Any], on_update: Callable[[dict[str, Any]], None] | None = None,

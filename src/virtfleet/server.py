@@ -21,6 +21,8 @@ from virtfleet.jobs.recovery import Recovery
 from virtfleet.jobs.runner import JobRunner
 from virtfleet.jobs.snapshots import SnapshotService
 from virtfleet.jobs.storage import StorageService
+from virtfleet.jobs.vm_create import VmCreator
+from virtfleet.jobs.vm_delete import VmDeleter
 from virtfleet.jobs.vm_disks import DiskResolver, vm_using
 from virtfleet.jobs.vm_templates import VmTemplates
 from virtfleet.jobs.vms import VmService, host_name
@@ -55,6 +57,8 @@ class Server:
     storage: StorageService
     networks: NetworkService
     vms: VmService
+    vm_creator: VmCreator
+    vm_deleter: VmDeleter
     templates: VmTemplates
     snapshots: SnapshotService
     reconciler: Reconciler
@@ -83,15 +87,19 @@ class Server:
         disks = DiskResolver(db, storage, settings.data_dir / SEEDS_DIR)
         networks = NetworkService(db, settings.data_dir / NETWORKS_DIR)
         vms = VmService(db, driver, runner, images, host=host, disks=disks, networks=networks)
-        templates = VmTemplates(db, vms, storage, runner)
+        vm_creator = VmCreator(vms, storage, runner, intents)
+        vm_creator.register_recovery(recovery)
+        vm_deleter = VmDeleter(db, driver, runner, disks, networks, storage, intents)
+        vm_deleter.register_recovery(recovery)
+        templates = VmTemplates(db, storage, runner, vm_creator)
         snapshots = SnapshotService(db, driver, runner, storage, disks, images, vms.boot_spec, intents)
         snapshots.register_recovery(recovery)
         reconciler = Reconciler(db, driver, runner, host, settings.reconcile_interval)
         sampler = MetricsSampler(db, driver, settings.metrics_interval)
         auth = AuthService(db)
         auth.ensure_local_admin(settings.admin_token_path)
-        return cls(settings, db, driver, runner, recovery, images, storage, networks, vms, templates, snapshots,
-                   reconciler, sampler, auth, events)
+        return cls(settings, db, driver, runner, recovery, images, storage, networks, vms, vm_creator, vm_deleter,
+                   templates, snapshots, reconciler, sampler, auth, events)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:

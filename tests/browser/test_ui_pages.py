@@ -338,6 +338,31 @@ def test_create_from_a_template(fake_ui: Ui) -> None:
     assert len(ui.daemon.call("GET", "/vms").json()) == 2
 
 
+def test_a_refused_create_with_a_new_disk_shows_at_the_field_and_the_retry_succeeds(fake_ui: Ui) -> None:
+    """The create form makes its new disk with the VM in one server call: a refusal leaves no volume behind (it used
+    to, and the retry then found the volume's name taken), and the message sits next to the field it is about."""
+    ui, page = fake_ui, fake_ui.page
+    ui.add_user("olga", "operator")
+    ui.login("olga")
+    ui.nav("Create VM")
+    page.get_by_label("Name", exact=True).fill("web2")
+    page.get_by_role("button", name="Add disk").click()
+    page.get_by_label("Size (GiB)").fill("1")
+    page.get_by_label("SSH keys").fill("not-a-key")
+    page.get_by_label("Start it now").uncheck()
+    page.get_by_role("button", name="Create VM").click()
+    keys = page.get_by_label("SSH keys")
+    expect(keys).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".field", has=keys).locator(".field-error")).to_contain_text("OpenSSH")
+    assert ui.daemon.call("GET", "/volumes").json() == []  # nothing made for the refused VM
+
+    keys.fill("")
+    page.get_by_role("button", name="Create VM").click()
+    expect(page.get_by_role("heading", name="web2", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name="default/web2-disk0", exact=True)).to_be_visible()
+    assert [v["name"] for v in ui.daemon.call("GET", "/volumes").json()] == ["web2-disk0"]
+
+
 def test_consoles_say_what_to_install_without_the_npm_packages(fake_ui: Ui) -> None:
     ui, page = fake_ui, fake_ui.page
     ui.add_user("olga", "operator")

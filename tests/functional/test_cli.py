@@ -107,3 +107,28 @@ def test_users_tokens_and_audit_from_the_command_line(server_url: str) -> None:
     assert cli_json(server_url, "token", "delete", listed[0]["id"]) == {"deleted": listed[0]["id"]}
     code, _, err = cli(server_url, "--token", token, "vm", "list")
     assert code == 1 and "invalid API token" in err
+
+
+def test_create_with_new_disks_is_one_call_that_leaves_nothing_when_refused(server_url: str) -> None:
+    volumes = lambda: sorted(v["name"] for v in cli_json(server_url, "volume", "list"))  # noqa: E731
+    # Refused before anything is made: the field is named and no volume is left to block the retry.
+    code, _, err = cli(server_url, "vm", "create", "web", "--disk", "new:16M", "--nic", "lab")
+    assert code == 1 and "nics[0].network" in err, err
+    assert volumes() == []
+    assert cli_json(server_url, "network", "create", "lab", "--mode", "user")["name"] == "lab"
+    web = cli_json(server_url, "vm", "create", "web", "--disk", "new:16M", "--disk", "new:8M,format=raw,name=scratch",
+                   "--nic", "lab")
+    assert [d["volume"] for d in web["spec"]["disks"]] == ["default/web-disk0", "default/scratch"]
+    assert volumes() == ["scratch", "web-disk0"]
+    code, _, err = cli(server_url, "vm", "create", "x", "--disk", "new:8M,colour=red")
+    assert code == 2 and "colour" in err
+
+    # A template volume cloned as the boot disk, by the same one call.
+    assert cli_json(server_url, "volume", "create", "golden", "--size", "8M")["status"] == "succeeded"
+    cli_json(server_url, "volume", "template", "golden")
+    booted = cli_json(server_url, "vm", "create", "t1", "--from-template", "golden", "--image", "none",
+                      "--machine", "q35")
+    assert booted["spec"]["disks"][0] == {**booted["spec"]["disks"][0], "volume": "default/t1-disk0", "boot_index": 0}
+    assert cli_json(server_url, "volume", "show", "t1-disk0")["volume"]["base"] == "default/golden"
+    code, _, err = cli(server_url, "vm", "create", "t2", "--from-template", "golden", "--image", "none")
+    assert code == 1 and "q35" in err and "t2-disk0" not in volumes()  # microvm cannot boot a disk: nothing made

@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from virtfleet.errors import InvalidState
+from virtfleet.jobs.vm_create import disk_spec
 from virtfleet.model.units import format_mib, parse_size_bytes, parse_size_mib
-from virtfleet.model.vm import ALLOWED, VmOperation, VmSpec, VmState, require
+from virtfleet.model.vm import ALLOWED, VmCreate, VmOperation, VmSpec, VmState, require
 
 
 @pytest.mark.parametrize(
@@ -86,3 +87,32 @@ def test_volume_sizes_are_bytes_unless_a_unit_says_otherwise() -> None:
     for bad in (0, "0", "10X", -1, 1 << 60):
         with pytest.raises(ValidationError):
             VolumeSpec(name="v", size=bad)
+
+
+def test_a_create_request_may_ask_for_new_volumes_a_recorded_spec_never_holds() -> None:
+    request = VmCreate.model_validate({"name": "a", "machine": "q35", "image": None, "disks": [
+        {"new": {"clone_of": "golden"}, "boot_index": 0}, {"volume": "data"},
+        {"new": {"size": "1G"}, "cache": "none"}]})
+    assert [(index, new.size, new.clone_of) for index, new in request.new_disks()] == [(0, None, "golden"),
+                                                                                          (2, 1 << 30, None)]
+    recorded = disk_spec(request.disks[2], "default/a-disk2")
+    assert (recorded.volume, recorded.cache, recorded.path) == ("default/a-disk2", "none", None)
+    assert "new" not in recorded.model_dump()
+    with pytest.raises(ValidationError) as caught:
+        VmSpec.model_validate({"name": "a", "disks": [{"new": {"size": "1G"}}]})
+    assert caught.value.errors()[0]["loc"] == ("disks", 0, "new")
+
+
+@pytest.mark.parametrize(("disk", "loc", "words"), [
+    ({"new": {"size": "1G"}, "volume": "x"}, ("disks", 0), "only one"),
+    ({"new": {"size": "1G"}, "format": "raw"}, ("disks", 0), "inside new"),
+    ({"new": {}}, ("disks", 0, "new"), "give a size"),
+    ({"new": {"size": "1G", "clone_of": "t"}}, ("disks", 0, "new"), "not both"),
+    ({"new": {"clone_of": "t", "format": "raw"}}, ("disks", 0, "new"), "keeps the format"),
+    ({"new": {"size": "1G", "name": "a/b"}}, ("disks", 0, "new", "name"), "pattern"),
+    ({}, ("disks", 0), "a volume"),
+])
+def test_new_disk_requests_refuse(disk: dict[str, object], loc: tuple[object, ...], words: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        VmCreate.model_validate({"name": "a", "disks": [disk]})
+    assert caught.value.errors()[0]["loc"] == loc and words in caught.value.errors()[0]["msg"]

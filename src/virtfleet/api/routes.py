@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from virtfleet.api.schemas import Health, HostOut, ImageOut
@@ -19,7 +19,7 @@ from virtfleet.jobs.runner import JobContext
 from virtfleet.model.job import Event, Job
 from virtfleet.model.names import NAME_PATTERN
 from virtfleet.model.storage import SizeBytes, parse_volume_ref
-from virtfleet.model.vm import VOLUME_REF_PATTERN, DiskSpec, MemoryMiB, Vm, VmSpec
+from virtfleet.model.vm import VOLUME_REF_PATTERN, DiskSpec, MemoryMiB, Vm, VmCreate
 from virtfleet.server import Server
 
 router = APIRouter()
@@ -112,9 +112,19 @@ async def list_vms(server: ServerDep) -> list[Vm]:
     return server.vms.list_all()
 
 
-@router.post("/vms", response_model=Vm, status_code=201, tags=["vms"])
-async def create_vm(spec: VmSpec, server: ServerDep) -> Vm:
-    return server.vms.create(spec)
+@router.post("/vms", status_code=201, response_model=None, tags=["vms"], responses={
+    201: {"model": Vm, "description": "Created: every disk existed, the VM is recorded."},
+    202: {"model": Job, "description": "Accepted: disks with `new` are made by this job, which then records the "
+                                       "VM; if anything fails, nothing is left (the volumes made for it go too)."},
+})
+async def create_vm(request: VmCreate, server: ServerDep) -> JSONResponse:
+    """Create a VM. Everything is checked first (a 422 names the field, and nothing is made). A VM whose disks all
+    exist answers 201 with the VM; one with disks to make (`new`) answers 202 with the job that makes them."""
+    result = server.vm_creator.create(request)
+    if isinstance(result, Job):
+        return JSONResponse(result.model_dump(mode="json"), status.HTTP_202_ACCEPTED,
+                            headers={"Location": f"/api/v1/jobs/{result.id}"})
+    return JSONResponse(result.model_dump(mode="json"), status.HTTP_201_CREATED)
 
 
 @router.get("/vms/{ref}", response_model=Vm, tags=["vms"])
@@ -127,7 +137,7 @@ async def delete_vm(
     ref: str, server: ServerDep, response: Response, force: bool = False, delete_volumes: bool = False
 ) -> Job:
     """Delete a VM (running: only with force=true). Its volumes are kept unless delete_volumes=true."""
-    return accepted(server.vms.delete(ref, force=force, delete_volumes=delete_volumes), response)
+    return accepted(server.vm_deleter.delete(ref, force=force, delete_volumes=delete_volumes), response)
 
 
 class CloneIn(BaseModel):

@@ -78,7 +78,7 @@ def demo(
         except ApiError as error:
             if error.status != 404:
                 raise
-            vm = client.post("/vms", json={"name": name, "machine": machine, "memory": "256M", "cpus": 1})
+            vm = client.create_vm({"name": name, "machine": machine, "memory": "256M", "cpus": 1})
         if vm["state"] in ("stopped", "crashed"):
             _wait_job(client, client.post(f"/vms/{name}/start"), f"starting {name}", as_json=as_json)
         shown = _follow_console(client, name, timeout, echo=not as_json)

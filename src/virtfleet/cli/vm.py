@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
 
-from virtfleet.cli.output import JsonOption, fail, out, run, run_job, state, table
+from virtfleet.cli.output import JsonOption, err, fail, out, run, run_job, state, table
 from virtfleet.client import ApiError, Client
 
 app = typer.Typer(help="Create and run virtual machines.", no_args_is_help=True)
@@ -39,10 +40,26 @@ DISK_FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw", ".vmdk": "vmdk"
                 ".vdi": "vdi"}
 
 
-def _disk(value: str) -> dict[str, Any]:
-    """--disk: a volume POOL/NAME (NAME: the default pool), or the absolute path of a volume's file (opened in the
-    volume's format, whatever the file is called)."""
-    return {"path": value} if value.startswith("/") else {"volume": value}
+NEW_DISK_OPTIONS = ("pool", "format", "name")
+
+
+def _disk(value: str, as_json: bool) -> dict[str, Any]:
+    """--disk: a volume POOL/NAME (NAME: the default pool), the absolute path of a volume's file (opened in the
+    volume's format, whatever the file is called), or new:SIZE[,pool=POOL][,format=raw][,name=NAME], a blank volume
+    the server makes for the VM."""
+    if value.startswith("new:"):
+        size, *options = value.removeprefix("new:").split(",")
+        new: dict[str, Any] = {"size": size}
+        for option in options:
+            key, sep, setting = option.partition("=")
+            if not sep or key not in NEW_DISK_OPTIONS:
+                fail(f"disk: unknown option {option!r} (use pool=POOL, format=qcow2|raw, name=NAME)",
+                     as_json=as_json, code=2)
+            new[key] = setting
+        return {"new": new}
+    if value.startswith("/"):
+        return {"path": value}
+    return {"volume": value}
 
 
 def _nic(value: str, as_json: bool) -> dict[str, Any]:
@@ -75,9 +92,11 @@ def create(
     accel: str | None = typer.Option(None, help="auto, kvm or tcg."),
     display: str | None = typer.Option(None, help="none, or vnc: a graphical console (q35), opened in the web UI."),
     kernel_args: str | None = typer.Option(None, "--kernel-args", help="Extra kernel command line."),
-    disk: list[str] | None = typer.Option(None, "--disk", help="A volume POOL/NAME, or a file in a pool (repeat)."),
+    disk: list[str] | None = typer.Option(None, "--disk", help="A volume POOL/NAME, a file in a pool, or "
+                                          "new:SIZE[,pool=POOL][,format=raw][,name=NAME] to make one (repeat)."),
     from_template: str | None = typer.Option(None, "--from-template",
-                                             help="Clone this template volume as the first disk (linked clone)."),
+                                             help="A template VM to clone, or a template volume to clone as the "
+                                                  "first disk (linked clone)."),
     full_clone: bool = typer.Option(False, "--full-clone", help="With --from-template: copy instead of link."),
     disk_image: Path | None = typer.Option(None, "--disk-image", exists=True, dir_okay=False,
                                            help="Upload this disk image and boot from it (q35, no kernel image)."),
@@ -96,7 +115,7 @@ def create(
     flags: dict[str, Any] = {"image": image, "cpus": cpus, "memory": memory, "machine": machine,
                              "accel": accel, "kernel_args": kernel_args, "display": display}
     if disk:
-        flags["disks"] = [_disk(d) for d in disk]
+        flags["disks"] = [_disk(d, as_json) for d in disk]
     if nic:
         flags["nics"] = [_nic(value, as_json) for value in nic]
     if forward:
@@ -116,15 +135,23 @@ def create(
         return
     if spec.get("image") == "none":
         spec["image"] = None
-    created_volume = _first_disk(spec, from_template, full_clone, disk_image, disk_format, as_json)
+    uploaded = _first_disk(spec, from_template, full_clone, disk_image, disk_format, as_json)
+
+    def create(client: Client) -> dict[str, Any]:
+        # One call: the server makes the new disks and records the VM in one job, or leaves nothing.
+        if as_json or not sys.stderr.isatty():
+            return client.create_vm(spec)
+        with err.status(f"creating vm {spec['name']}") as status:
+            return client.create_vm(spec, lambda j: status.update(f"{j['kind']}: {j['message']} ({j['progress']}%)"))
+
     try:
         # With --json --start, stdout carries one document: the start job (which names the VM).
-        vm = run(as_json and not start, lambda c: c.post("/vms", json=spec),
+        vm = run(as_json and not start, create,
                  None if as_json else lambda v: out.print(f"created vm '{v['name']}' ({v['id']})"))
     except typer.Exit:
-        if created_volume is not None:  # nothing lost, nothing left: the disk made for this VM goes too
+        if uploaded is not None:  # the data came from here, so it was uploaded first: it goes with the refusal
             with state.client() as client, contextlib.suppress(ApiError):
-                client.wait_job(client.delete(f"/volumes/{created_volume}"))
+                client.wait_job(client.delete(f"/volumes/{uploaded}"))
         raise
     if start:
         run_job(as_json, lambda c: c.post(f"/vms/{vm['name']}/start"))
@@ -141,37 +168,32 @@ def _is_vm_template(name: str) -> bool:
 
 def _first_disk(spec: dict[str, Any], from_template: str | None, full_clone: bool, disk_image: Path | None,
                 disk_format: str | None, as_json: bool) -> str | None:
-    """Make the VM's first disk (a clone of a template, or an uploaded image); returns its volume ref."""
+    """Put the VM's first disk in the spec: a clone of a template volume (made by the server with the VM), or an
+    uploaded image (uploaded now: returns its volume, to remove if the VM is refused)."""
     if from_template is None and disk_image is None:
         return None
     if from_template is not None and disk_image is not None:
         fail("give --from-template or --disk-image, not both", as_json=as_json, code=2)
-    volume_name = f"{spec['name']}-disk0"
-    with state.client() as client:
-        try:
-            if from_template is not None:
-                template = from_template if "/" in from_template else f"default/{from_template}"
-                job = client.wait_job(client.post(f"/volumes/{template}/clone",
-                                                  json={"name": volume_name, "linked": not full_clone}))
-                if job["status"] == "failed":
-                    fail(job["error"], as_json=as_json)
-                ref = f"{template.split('/', 1)[0]}/{volume_name}"
-            else:
-                assert disk_image is not None  # noqa: S101 - the options were checked above
-                fmt = disk_format or DISK_FORMATS.get(disk_image.suffix.lower())
-                if fmt is None:
-                    fail(f"disk_format: cannot tell the format of {disk_image.name}; give --disk-format",
-                         as_json=as_json)
-                client.upload(f"/pools/default/volumes/{volume_name}/data", disk_image, format=fmt)
-                ref = f"default/{volume_name}"
-                spec["image"], spec["machine"] = None, "q35"
-        except ApiError as error:
-            fail(error.message, as_json=as_json, body=error.body)
-    first: dict[str, Any] = {"volume": ref}
+    uploaded = None
+    if from_template is not None:
+        first: dict[str, Any] = {"new": {"clone_of": from_template, "linked": not full_clone}}
+    else:
+        assert disk_image is not None  # noqa: S101 - the options were checked above
+        fmt = disk_format or DISK_FORMATS.get(disk_image.suffix.lower())
+        if fmt is None:
+            fail(f"disk_format: cannot tell the format of {disk_image.name}; give --disk-format", as_json=as_json)
+        uploaded = f"default/{spec['name']}-disk0"
+        with state.client() as client:
+            try:
+                client.upload(f"/pools/default/volumes/{spec['name']}-disk0/data", disk_image, format=fmt)
+            except ApiError as error:
+                fail(error.message, as_json=as_json, body=error.body)
+        first = {"volume": uploaded}
+        spec["image"], spec["machine"] = None, "q35"
     if "image" in spec and spec["image"] is None:
         first["boot_index"] = 0
     spec["disks"] = [first, *spec.get("disks", [])]
-    return ref
+    return uploaded
 
 
 def _vm_rows(vms: list[dict[str, Any]]) -> None:

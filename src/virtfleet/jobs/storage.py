@@ -57,6 +57,28 @@ class VolumeDetails:
     attached_to: str | None
 
 
+@dataclass(frozen=True)
+class VolumePlan:
+    """A new volume, checked and not made yet: where it goes, and what it is made from."""
+
+    pool: Pool
+    backend: PoolBackend
+    name: str
+    format: VolumeFormat
+    size: int
+    source: Volume | None = None  # a clone of this volume
+    linked: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.pool.name}/{self.name}"
+
+    @property
+    def room(self) -> int:
+        """Bytes it needs free in a pool that does not overcommit (a linked clone starts empty)."""
+        return 0 if self.source is not None and self.linked else self.size
+
+
 AttachedLookup = Callable[[str], str | None]  # volume path -> name of the VM using it
 
 
@@ -239,19 +261,64 @@ class StorageService:
         except NotFound:
             raise NotFound("volume", volume.ref) from None
 
-    def create_volume(self, pool_name: str, spec: VolumeSpec) -> Job:
+    def plan_blank(self, pool_name: str, name: str, fmt: VolumeFormat, size: int) -> VolumePlan:
+        """Check a new blank volume (pool, name free, format, room); nothing is made."""
         pool = self.repo.get_pool(pool_name)
-        backend = self._check_new(pool, spec.name, spec.format, spec.size)
+        return VolumePlan(pool, self._check_new(pool, name, fmt, size), name, fmt, size)
+
+    def plan_clone(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None
+                   ) -> VolumePlan:
+        """Check a clone of `ref` (a linked clone needs a template, in its pool); nothing is made."""
+        source = self.volume(ref)
+        pool = self.repo.get_pool(pool_name or source.pool)
+        if linked:
+            if not source.template:
+                raise InvalidSpec("linked", f"{source.ref} is not a template; mark it first (volume template) or "
+                                            "make a full clone")
+            if pool.name != source.pool:
+                raise InvalidSpec("pool", "a linked clone lives in its template's pool")
+        backend = self.backend(pool)
+        # A linked clone is a qcow2 overlay where files can back each other, a thin snapshot on lvm.
+        fmt: VolumeFormat = "qcow2" if linked and backend.supports_backing_files else source.format
+        if not backend.supports_backing_files and (not linked or getattr(backend, "snapshot_volume", None) is None):
+            raise Unsupported(f"{pool.spec.type} pools only make linked clones (thin snapshots); copy into a dir pool")
+        self.check_size(source.size)  # a linked clone is as large as its template, though thin
+        backend = self._check_new(pool, new_name, fmt, None if linked else source.size)
+        return VolumePlan(pool, backend, new_name, fmt, source.size, source, linked)
+
+    def make_file(self, plan: VolumePlan, progress: Callable[[float], None] | None = None) -> Path:
+        """Make a planned volume's file under its final name (no record yet: the caller brackets it in an intent);
+        a failure here leaves no file."""
+        backend, source = plan.backend, plan.source
+        if source is None:
+            return backend.create_volume(plan.name, plan.format, plan.size)
+        if plan.linked:
+            if backend.supports_backing_files:
+                return backend.create_volume(plan.name, "qcow2", source.size, backing=Path(source.path),
+                                             backing_format=source.format)
+            return Path(backend.snapshot_volume(plan.name, source.name))  # type: ignore[attr-defined]
+        final = backend.volume_path(plan.name)
+        with transfer.atomic_destination(final) as temp:
+            temp.unlink(missing_ok=True)  # qemu-img convert creates its own target
+            qemu_img.convert(Path(source.path), source.format, temp, plan.format, direct=True, progress=progress)
+        return final
+
+    def record(self, plan: VolumePlan, path: Path) -> Volume:
+        base_id = plan.source.id if plan.source is not None and plan.linked else None
+        return self.repo.add_volume(plan.pool.name, plan.name, plan.format, plan.size, str(path), base_id=base_id)
+
+    def create_volume(self, pool_name: str, spec: VolumeSpec) -> Job:
+        plan = self.plan_blank(pool_name, spec.name, spec.format, spec.size)
 
         def work(context: JobContext) -> str:
-            with self.new_volume(pool, spec.name, context.job.id):
+            with self.new_volume(plan.pool, plan.name, context.job.id):
                 failpoints.hit("volume.create.after-intent")
-                path = backend.create_volume(spec.name, spec.format, spec.size)
+                path = self.make_file(plan)
                 failpoints.hit("volume.create.after-file")
-                self.repo.add_volume(pool.name, spec.name, spec.format, spec.size, str(path))
-            return f"created volume {pool.name}/{spec.name} ({spec.format}, {spec.size} bytes)"
+                self.record(plan, path)
+            return f"created volume {plan.ref} ({spec.format}, {spec.size} bytes)"
 
-        return self._submit("volume.create", f"{pool.name}/{spec.name}", work)
+        return self._submit("volume.create", plan.ref, work)
 
     def resize_volume(self, ref: str, size: int, *, shrink: bool = False) -> Job:
         volume = self.volume(ref)
@@ -292,15 +359,31 @@ class StorageService:
         """Delete a volume (`within`: on behalf of that job, e.g. a VM delete holding the volume's lock)."""
         volume = self.volume(ref)
         self._check_deletable(volume)
-        backend = self.backend(self.repo.get_pool(volume.pool))
 
         def work(context: JobContext) -> str:
             self._check_deletable(self._reread(volume))
-            backend.delete_volume(volume.name)
-            self.repo.delete_volume(volume.id)
+            self.remove_volume(volume)
             return f"deleted volume {volume.ref}"
 
         return self._submit("volume.delete", volume.ref, work, locks=self.locks_for(volume), within=within)
+
+    def remove_volume(self, volume: Volume) -> None:
+        """Delete a volume's files, then its record (idempotent: a retry after a crash in between finishes it).
+        The caller has checked it may go and holds its lock."""
+        self.backend(self.repo.get_pool(volume.pool)).delete_volume(volume.name)
+        self.repo.delete_volume(volume.id)
+
+    def delete_unused_volume(self, ref: str) -> str | None:
+        """Delete `ref` now if nothing needs it: None once it is gone (or was), else why it was kept."""
+        try:
+            volume = self.volume(ref)
+            self._check_deletable(volume)
+        except NotFound:
+            return None
+        except Conflict as error:
+            return error.message
+        self.remove_volume(volume)
+        return None
 
     def move_volume_top(self, ref: str, path: str, fmt: VolumeFormat) -> None:
         """A snapshot put a new image on top of the volume (or merged one away): it is the volume's image now."""
@@ -323,48 +406,20 @@ class StorageService:
 
     def clone_volume(self, ref: str, new_name: str, *, linked: bool = True, pool_name: str | None = None,
                      within: Job | None = None) -> Job:
-        source = self.volume(ref)
-        pool = self.repo.get_pool(pool_name or source.pool)
-        if linked:
-            if not source.template:
-                raise InvalidSpec("linked", f"{source.ref} is not a template; mark it first (volume template) or "
-                                            "make a full clone")
-            if pool.name != source.pool:
-                raise InvalidSpec("pool", "a linked clone lives in its template's pool")
-        backend = self.backend(pool)
-        # A linked clone is a qcow2 overlay where files can back each other, a thin snapshot on lvm.
-        fmt: VolumeFormat = "qcow2" if linked and backend.supports_backing_files else source.format
-        if not backend.supports_backing_files and (not linked or getattr(backend, "snapshot_volume", None) is None):
-            raise Unsupported(f"{pool.spec.type} pools only make linked clones (thin snapshots); copy into a dir pool")
-        self.check_size(source.size)  # a linked clone is as large as its template, though thin
-        backend = self._check_new(pool, new_name, fmt, None if linked else source.size)
-        new_ref = f"{pool.name}/{new_name}"
+        plan = self.plan_clone(ref, new_name, linked=linked, pool_name=pool_name)
+        source = plan.source
+        assert source is not None  # noqa: S101 - a clone plan has its source
 
         def work(context: JobContext) -> str:
-            current = self._reread(source)
-            if linked and not current.template:
+            if linked and not self._reread(source).template:  # again, now that the source is locked
                 raise Conflict(f"{source.ref} is no longer a template; a linked clone needs one")
-            with self.new_volume(pool, new_name, context.job.id):
-                if linked:
-                    if backend.supports_backing_files:
-                        path = backend.create_volume(new_name, "qcow2", source.size, backing=Path(source.path),
-                                                     backing_format=source.format)
-                    else:
-                        path = backend.snapshot_volume(new_name, source.name)  # type: ignore[attr-defined]
-                    failpoints.hit("volume.clone.after-file")
-                    self.repo.add_volume(pool.name, new_name, fmt, source.size, str(path), base_id=source.id)
-                    return f"linked clone {new_ref} of {source.ref}"
-                final = backend.volume_path(new_name)
-                with transfer.atomic_destination(final) as temp:
-                    temp.unlink(missing_ok=True)  # qemu-img convert creates its own target
-                    qemu_img.convert(Path(source.path), source.format, temp, fmt, direct=True,
-                                     progress=lambda pct: context.progress(int(pct),
-                                                                           f"copying {source.ref}: {pct:.0f}%"))
+            with self.new_volume(plan.pool, plan.name, context.job.id):
+                path = self.make_file(plan, lambda pct: context.progress(int(pct), f"copying {source.ref}: {pct:.0f}%"))
                 failpoints.hit("volume.clone.after-file")
-                self.repo.add_volume(pool.name, new_name, fmt, source.size, str(final))
-            return f"full clone {new_ref} of {source.ref}"
+                self.record(plan, path)
+            return f"{'linked' if linked else 'full'} clone {plan.ref} of {source.ref}"
 
-        return self._submit("volume.clone", new_ref, work, locks=self.locks_for(source), within=within)
+        return self._submit("volume.clone", plan.ref, work, locks=self.locks_for(source), within=within)
 
     def build_volume(self, pool_name: str, name: str, fmt: VolumeFormat,
                      build: Callable[[Path, Callable[[str], None]], object], kind: str, *,
@@ -523,11 +578,20 @@ class StorageService:
         with contextlib.suppress(NotFound):
             volume = self.repo.get_volume(pool_name, name)
             return Outcome(True, f"volume {volume.ref} is recorded")
-        backend = self.backend(self.repo.get_pool(pool_name))
-        if backend.volume_path(name).exists():
-            backend.delete_volume(name)
+        if self.discard_made(pool_name, name):
             return Outcome(False, f"removed {pool_name}/{name}, made but never recorded")
         return Outcome(False, f"nothing of {pool_name}/{name} was left")
+
+    def discard_made(self, pool_name: str, name: str) -> bool:
+        """Roll back the making of a volume whose operation did not finish: its file and, if it got that far, its
+        record go (idempotent). The caller's intent proves it made this name. True if anything was removed."""
+        backend = self.backend(self.repo.get_pool(pool_name))
+        removed = backend.volume_path(name).exists()
+        backend.delete_volume(name)  # idempotent, and it never touches what the pool does not own
+        with contextlib.suppress(NotFound):
+            self.repo.delete_volume(self.repo.get_volume(pool_name, name).id)
+            removed = True
+        return removed
 
     def register_recovery(self, recovery: Recovery) -> None:
         async def recover(intent: Intent) -> Outcome:

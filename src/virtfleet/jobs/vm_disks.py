@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.errors import InvalidSpec, NotFound
 from virtfleet.images.cloudinit import CloudInit, build_seed_iso
 from virtfleet.jobs.storage import DEFAULT_POOL, StorageService, volume_key
-from virtfleet.model.job import Job, JobStatus
 from virtfleet.model.storage import Volume
 from virtfleet.model.vm import BackingLayer, CloudInitSpec, DiskSpec, Vm, VmSpec
 from virtfleet.storage import qemu_img
@@ -203,19 +202,3 @@ class DiskResolver:
         user = vm_using(self.db, volume.path, except_vm=vm_name)
         if user is not None:
             raise InvalidSpec(field, f"{volume.ref} is already attached to vm '{user}'")
-
-    async def delete_volumes_of(self, spec: VmSpec, *, within: Job) -> list[str]:
-        """Delete the volumes a (deleted) VM used, except templates and volumes something else depends on; on
-        behalf of the VM's delete job, which holds their locks."""
-        removed = []
-        for disk in spec.disks:
-            if disk.volume is None or disk.readonly:
-                continue
-            try:
-                job = self.storage.delete_volume(disk.volume, within=within)
-            except (NotFound, Conflict):
-                continue  # kept: gone already, or a base others need
-            done = await self.storage.runner.wait(job.id, 600)
-            if done.status is JobStatus.SUCCEEDED:
-                removed.append(disk.volume)
-        return removed

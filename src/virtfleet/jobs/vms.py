@@ -90,16 +90,7 @@ class VmService:
         return self.runner.submit(f"vm.{operation.value}", vm.id, label, guarded, locks=locks)
 
     async def _resync(self, vm: Vm) -> None:
-        try:
-            status = await self.driver.status(vm.id)
-        except VirtfleetError:
-            status = DomainStatus(vm.id, VmState.STOPPED, reason="not defined on the host")
-        try:
-            recorded = self.db.get_vm(vm.id)
-        except NotFound:
-            return  # deleted before the failure (e.g. removing its volumes failed): nothing left to correct
-        if recorded.state is not status.state:
-            self.db.set_vm_state(vm.id, status.state, status.reason or "re-read from the host")
+        await resync_state(self.db, self.driver, vm.id)
 
     def _record(self, vm: Vm, status: DomainStatus, kind: str, message: str) -> None:
         accel = status.accel if status.state in (VmState.RUNNING, VmState.PAUSED) else None
@@ -176,34 +167,6 @@ class VmService:
 
     def resume(self, ref: str) -> Job:
         return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed")
-
-    def delete(self, ref: str, force: bool = False, delete_volumes: bool = False) -> Job:
-        """Delete a VM; its volumes are kept (detached) unless `delete_volumes`. Either way they are locked: they
-        stop being in use, or stop existing, when the job ends."""
-        vm = self.db.get_vm(ref)
-        locks = self.disks.locks(vm.spec.disks)
-
-        async def undefine(vm: Vm, context: JobContext) -> str:
-            context.progress(50, "removing the domain from the host")
-            await self.driver.undefine(vm.id)
-            self.disks.forget_seed(vm)
-            await asyncio.to_thread(self.networks.forget_vm, vm)
-            self.db.delete_vm(vm.id)
-            message = f"deleted vm '{vm.name}'"
-            if delete_volumes:
-                removed = await self.disks.delete_volumes_of(vm.spec, within=context.job)
-                message += f" and its volumes {', '.join(removed)}" if removed else ""
-            return message
-
-        if force and vm.state not in (VmState.STOPPED, VmState.CRASHED):
-            self.runner.check_free(vm.id, f"vm '{vm.name}'")
-
-            async def forced(context: JobContext) -> str:
-                await self.driver.stop(vm.id)
-                return await undefine(self.db.get_vm(vm.id), context)
-
-            return self.runner.submit("vm.delete", vm.id, f"vm '{vm.name}'", forced, locks=locks)
-        return self._submit(ref, VmOperation.DELETE, undefine, locks=locks)
 
     def boot_spec(self, vm: Vm) -> VmSpec:
         """What QEMU runs: disks with their checked chains and the seed disk, NICs with their taps."""
@@ -328,6 +291,20 @@ class VmService:
             raise Conflict(f"vm '{vm.name}' has no graphical console: its spec has display '{vm.spec.display}' "
                            "(a VM created with display 'vnc' on machine q35 has one)")
         return vm, await self.driver.open_vnc(vm.id)
+
+
+async def resync_state(db: Database, driver: Driver, vm_id: str) -> None:
+    """After a failed operation: the VM's record (if it still exists) says what the host really runs."""
+    try:
+        status = await driver.status(vm_id)
+    except VirtfleetError:
+        status = DomainStatus(vm_id, VmState.STOPPED, reason="not defined on the host")
+    try:
+        recorded = db.get_vm(vm_id)
+    except NotFound:
+        return  # deleted before the failure (e.g. removing its volumes failed): nothing left to correct
+    if recorded.state is not status.state:
+        db.set_vm_state(vm_id, status.state, status.reason or "re-read from the host")
 
 
 def host_name() -> str:

@@ -6,13 +6,14 @@ import enum
 import hashlib
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from virtfleet.errors import InvalidState
 from virtfleet.model.names import NAME_PATTERN
 from virtfleet.model.network import NicSpec
+from virtfleet.model.storage import SizeBytes, VolumeFormat
 from virtfleet.model.units import parse_size_mib
 
 VOLUME_REF_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -91,8 +92,54 @@ class CloudInitSpec(BaseModel):
     ssh_keys: list[str] = Field(default_factory=list, max_length=32)
 
 
-class VmSpec(BaseModel):
-    """What a user asks for. The same fields come from the CLI flags, a spec.yaml and the API body."""
+class NewVolume(BaseModel):
+    """A volume made for a VM as it is created: blank (`size`) or a clone of another volume (`clone_of`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="default: VMNAME-diskINDEX")
+    pool: str | None = Field(default=None, pattern=NAME_PATTERN,
+                             description="default: the pool of clone_of, else 'default'")
+    size: SizeBytes | None = Field(default=None, description="a blank volume of this size (bytes, or e.g. 10G)")
+    format: VolumeFormat | None = Field(default=None, description="of a blank volume (default qcow2)")
+    clone_of: str | None = Field(default=None, pattern=VOLUME_REF_PATTERN, description="POOL/NAME to clone")
+    linked: bool = Field(default=True, description="with clone_of: a linked clone of a template, or a full copy")
+
+    @model_validator(mode="after")
+    def _blank_or_clone(self) -> NewVolume:
+        if (self.size is None) == (self.clone_of is None):
+            raise ValueError("give a size (a blank volume) or clone_of (a copy of a volume)"
+                             + (", not both" if self.size is not None else ""))
+        if self.clone_of is not None and self.format is not None:
+            raise ValueError("a clone keeps the format of what it clones: leave format out")
+        return self
+
+
+class DiskRequest(DiskSpec):
+    """A disk in a create request: a volume or path as in DiskSpec, or `new`, a volume to make for the VM (made
+    and attached by one job, or nothing is left). The recorded spec names the made volume."""
+
+    new: NewVolume | None = Field(default=None, description="make this volume (instead of volume or path)")
+
+    @model_validator(mode="after")
+    def _volume_or_path(self) -> DiskRequest:  # replaces DiskSpec's: `new` is a third way
+        given = [self.new is not None, self.volume is not None, self.path is not None]
+        if not any(given):
+            raise ValueError("a disk needs a volume (pool/name), a path, or new (a volume to make)")
+        if self.new is None:
+            return self
+        if sum(given) > 1:
+            raise ValueError("give new, volume or path, only one")
+        if "format" in self.model_fields_set:
+            raise ValueError("the format of a new volume goes inside new")
+        return self
+
+
+DiskT = TypeVar("DiskT", bound=DiskSpec)
+
+
+class VmFields(BaseModel, Generic[DiskT]):
+    """The fields of a VM spec, generic in what a disk may be (a create request may ask for new volumes)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,7 +152,7 @@ class VmSpec(BaseModel):
         default="tiny", pattern=NAME_PATTERN, description="a built guest image (kernel + initramfs); null: boot a disk"
     )
     kernel_args: str = Field(default="", max_length=1024, description="appended to the kernel command line")
-    disks: list[DiskSpec] = Field(default_factory=list, max_length=16, validate_default=True)
+    disks: list[DiskT] = Field(default_factory=list, max_length=16, validate_default=True)
     cloud_init: CloudInitSpec | None = None
     nics: list[NicSpec] = Field(default_factory=list, max_length=8)
     display: Literal["none", "vnc"] = Field(
@@ -121,7 +168,7 @@ class VmSpec(BaseModel):
 
     @field_validator("disks")
     @classmethod
-    def _disk_boot(cls, value: list[DiskSpec], info: ValidationInfo) -> list[DiskSpec]:
+    def _disk_boot(cls, value: list[DiskT], info: ValidationInfo) -> list[DiskT]:
         if "image" in info.data and info.data["image"] is None:
             if info.data.get("machine") != "q35":
                 raise ValueError("booting from a disk (image: null) needs machine q35: microvm has no boot firmware")
@@ -142,6 +189,18 @@ class VmSpec(BaseModel):
         if any(ord(ch) < 32 for ch in value):
             raise ValueError("must not contain control characters")
         return value
+
+
+class VmSpec(VmFields[DiskSpec]):
+    """What a user asks for. The same fields come from the CLI flags, a spec.yaml and the API body."""
+
+
+class VmCreate(VmFields[DiskRequest]):
+    """A VM to create: a VmSpec whose disks may also be volumes to make first (`new`)."""
+
+    def new_disks(self) -> list[tuple[int, NewVolume]]:
+        """(index in disks, what to make) for each disk to make."""
+        return [(index, disk.new) for index, disk in enumerate(self.disks) if disk.new is not None]
 
 
 class VmState(enum.StrEnum):

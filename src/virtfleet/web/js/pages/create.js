@@ -32,31 +32,30 @@ function spec(form, disks, nics) {
   return result;
 }
 
-/** Make the new blank volumes (each a job), then the disk list of the spec. */
-async function makeDisks(name, rows) {
-  const disks = [];
-  for (const [i, disk] of rows.entries()) {
-    if (disk.kind === "existing") {
-      disks.push({ volume: disk.volume, readonly: disk.readonly });
-      continue;
-    }
-    const volume = `${name}-disk${i}`;
-    const job = await track(await post(`/pools/${seg(disk.pool)}/volumes`,
-      { name: volume, format: disk.format, size: `${disk.size}G` }), `create volume ${disk.pool}/${volume}`);
-    if (job.status !== "succeeded") throw { message: `volume ${disk.pool}/${volume}: ${job.error}`, code: job.error_code };
-    disks.push({ volume: `${disk.pool}/${volume}`, format: disk.format, readonly: disk.readonly });
-  }
-  return disks;
+// Where a refusal belongs: the server names the field ("memory", "cloud_init.ssh_keys[0]", "disks[1].new.size"),
+// the form shows the message next to the control that field came from.
+const CLOUD_INIT = { hostname: "ci_hostname", user_data: "ci_user_data", ssh_keys: "ci_keys", ssh_key: "ci_keys" };
+
+function controlFor(form, rows, fieldName) {
+  const row = /^(disks|nics)\[(\d+)\](?:\.(.*))?$/.exec(fieldName);
+  if (row) return rows[row[1]].items()[Number(row[2])]?.control(row[3] || "") || null;
+  const [head, rest = ""] = fieldName.split(/\.(.*)/);
+  const control = form.elements[head === "cloud_init" ? CLOUD_INIT[rest.split(/[.[]/)[0]] : head];
+  return control instanceof Element ? control : null; // several controls share a name only inside rows
 }
 
-function markInvalid(form, error) {
+function markInvalid(form, rows, error) {
+  for (const note of form.querySelectorAll(".field-error")) note.remove();
   for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
-  const name = error?.details?.field?.split(/[.[]/)[0];
-  const control = name && form.elements[name];
-  if (control && control.setAttribute) {
-    control.setAttribute("aria-invalid", "true");
-    control.focus();
-  }
+  const fieldName = error?.details?.field;
+  const control = fieldName && controlFor(form, rows, fieldName);
+  if (!control) return;
+  const problem = error.details.problems?.[0]?.problem || error.message.replace(`${fieldName}: `, "");
+  const note = h("small", { class: "field-error", id: `${control.id}-error` }, problem);
+  (control.closest(".field") || control.parentElement).append(note);
+  control.setAttribute("aria-invalid", "true");
+  control.setAttribute("aria-errormessage", note.id);
+  control.focus();
 }
 
 export async function render(view) {
@@ -132,15 +131,18 @@ export async function render(view) {
         }), `clone ${template.value} as ${name}`);
         if (job.status !== "succeeded") throw { message: job.error, code: job.error_code };
       } else {
-        const body = spec(form, [], nics.values());
-        body.disks = await makeDisks(name, disks.values());
-        await post("/vms", body);
+        // One call: new disks are made by the server's create job with the VM, or nothing is made at all.
+        const answer = await post("/vms", spec(form, disks.values(), nics.values()));
+        if (answer.kind === "vm.create") {
+          const job = await track(answer, `create ${name}`);
+          if (job.status !== "succeeded") throw { message: job.error, code: job.error_code };
+        }
       }
       if (start.checked) track(await post(`/vms/${seg(name)}/start`), `Start ${name}`);
       location.hash = `#/vms/${seg(name)}`;
     } catch (error) {
       inlineError(form, error);
-      markInvalid(form, error);
+      markInvalid(form, { disks, nics }, error);
       form.scrollIntoView({ block: "start" });
     } finally {
       submit.disabled = false;

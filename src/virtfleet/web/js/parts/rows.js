@@ -24,10 +24,11 @@ export function repeater(legend, addLabel, makeRow, unavailable = null) {
     rows.append(wrapper);
     wrapper.querySelector("select, input")?.focus();
   });
-  return { element, values: () => items.map((item) => item.value()) };
+  return { element, values: () => items.map((item) => item.value()), items: () => [...items] };
 }
 
-/** A disk row. value(): {kind: "new", pool, size, format, readonly} or {kind: "existing", volume, readonly}. */
+/** A disk row. value(): {new: {pool, size, format, name?}, readonly} (a blank volume the server makes with the VM)
+ * or {volume, readonly}; control(path) is the control a server error about `path` (e.g. "new.size") belongs to. */
 export function diskRow(pools, volumes) {
   return (n) => {
     const free = volumes.filter((v) => !v.attached_to && !v.template);
@@ -36,18 +37,25 @@ export function diskRow(pools, volumes) {
     const pool = select("pool", pools.map((p) => p.name), pools[0]?.name);
     const size = h("input", { type: "number", name: "size", min: 1, max: 65536, value: 1, step: 1 });
     const format = select("format", ["qcow2", "raw"], "qcow2");
+    const name = h("input", { name: "volume_name", maxlength: 63, autocomplete: "off", placeholder: "VM name-diskN" });
     const readonly = h("input", { type: "checkbox", name: "readonly" });
-    const newOnly = h("div", { class: "inline" }, field("Pool", pool), field("Size (GiB)", size), field("Format", format));
+    const newOnly = h("div", { class: "inline" }, field("Pool", pool), field("Size (GiB)", size), field("Format", format),
+      field("Volume name", name));
     source.addEventListener("change", () => { newOnly.hidden = source.value !== "new"; });
     const element = h("div", { class: "inline" },
       field(`Disk ${n}`, source), newOnly,
       h("div", { class: "field check" }, h("label", {}, readonly, " Read-only")));
+    const newControls = { "new.pool": pool, "new.size": size, "new.format": format, "new.name": name };
     return {
       label: `disk ${n}`,
       element,
-      value: () => (source.value === "new"
-        ? { kind: "new", pool: pool.value, size: Number(size.value), format: format.value, readonly: readonly.checked }
-        : { kind: "existing", volume: source.value.slice(4), readonly: readonly.checked }),
+      control: (path) => ({ readonly, ...(source.value === "new" ? newControls : {}) })[path] || source,
+      value: () => {
+        if (source.value !== "new") return { volume: source.value.slice(4), readonly: readonly.checked };
+        const made = { pool: pool.value, size: `${Number(size.value)}G`, format: format.value };
+        if (name.value.trim()) made.name = name.value.trim();
+        return { new: made, readonly: readonly.checked };
+      },
     };
   };
 }
@@ -61,6 +69,7 @@ export function nicRow(networks) {
     return {
       label: `network card ${n}`,
       element: h("div", { class: "inline" }, field(`Network card ${n}`, network), field("Model", model)),
+      control: (path) => (path === "model" ? model : network),
       value: () => ({ network: network.value, model: model.value }),
     };
   };
