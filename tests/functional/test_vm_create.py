@@ -13,7 +13,7 @@ import pytest
 
 from tests.functional.conftest import Api
 from virtfleet.jobs.runner import JobContext
-from virtfleet.jobs.storage import StorageService, VolumePlan
+from virtfleet.jobs.storage import StorageService, VolumePlan, volume_key
 from virtfleet.server import Server
 
 MiB = 1 << 20
@@ -80,7 +80,7 @@ def test_a_linked_clone_of_a_template_volume_as_the_boot_disk(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("disks", "extra", "field", "words"), [
-    ([{"new": {"size": "60T"}}], {}, "disks[0].new.size", "do not fit"),
+    ([{"new": {"size": "3T"}}], {}, "disks[0].new.size", "do not fit"),  # under the 4 TiB cap, over the disk
     ([{"new": {"size": "8M", "pool": "nowhere"}}], {}, "disks[0].new.pool", "no pool named nowhere"),
     ([{"new": {"clone_of": "default/nothing"}}], {}, "disks[0].new.clone_of", "no volume named default/nothing"),
     ([{"new": {"clone_of": "taken"}}], {}, "disks[0].new.linked", "not a template"),
@@ -198,7 +198,8 @@ def test_a_volume_another_job_holds_is_not_attached_meanwhile(api: Api) -> None:
 
     portal = api.client.portal
     assert portal is not None
-    holder = portal.call(lambda: runner.submit("test.hold", "volume:default/data", "volume 'default/data'", hold))
+    key = volume_key(server_of(api).storage.volume("default/data"))  # the key every job on the volume takes
+    holder = portal.call(lambda: runner.submit("test.hold", key, "volume 'default/data'", hold))
     try:
         for body in ({"name": "a", "disks": [{"volume": "data"}]},  # a bare name is the same volume
                      {"name": "b", "disks": [{"volume": "default/data"}, {"new": {"size": "8M"}}]}):

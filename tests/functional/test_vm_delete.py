@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.functional.conftest import Api
 from virtfleet.jobs.runner import JobContext
+from virtfleet.jobs.storage import volume_key
 from virtfleet.server import Server
 
 
@@ -83,7 +84,8 @@ def test_the_volumes_to_delete_are_locked_with_the_vm(api: Api) -> None:
 
     portal = api.client.portal
     assert portal is not None
-    holder = portal.call(lambda: runner.submit("test.hold", "volume:default/data", "volume 'default/data'", hold))
+    key = volume_key(server_of(api).storage.volume("default/data"))  # the key every job on the volume takes
+    holder = portal.call(lambda: runner.submit("test.hold", key, "volume 'default/data'", hold))
     try:
         busy = api.client.delete("/api/v1/vms/web", params={"delete_volumes": True})
         assert busy.status_code == 409 and busy.json()["error"]["job_id"] == holder.id, busy.text

@@ -167,7 +167,7 @@ class VmCreator:
     def _run(self, request: VmCreate, context: JobContext, note: str | None) -> str:
         plan = self.plan(request)  # again, under the locks: what changed before the job started is caught here
         if not plan.volumes:
-            return f"created vm '{self._record(plan.spec, note).name}'"
+            return f"created vm '{self._record(plan.spec, note, within=context.job).name}'"
         made = [{"pool": volume.pool.name, "name": volume.name} for _, volume in plan.volumes]
         intent = self.intents.begin(INTENT_KIND, request.name, {"vm": request.name, "volumes": made},
                                     job_id=context.job.id)
@@ -180,7 +180,7 @@ class VmCreator:
                 failpoints.hit("vm.create.after-volume-file")
                 self.storage.record(volume, path)
                 failpoints.hit("vm.create.after-volume-record")
-            vm = self._record(plan.spec, note)
+            vm = self._record(plan.spec, note, within=context.job)
             failpoints.hit("vm.create.after-vm-record")
         except BaseException:
             try:
@@ -194,8 +194,10 @@ class VmCreator:
         refs = ", ".join(volume.ref for _, volume in plan.volumes)
         return f"created vm '{vm.name}' with new volume(s) {refs}"
 
-    def _record(self, spec: VmSpec, note: str | None) -> Vm:
-        vm = self.vms.create(spec)  # resolves and checks the spec once more, with the made volumes in it
+    def _record(self, spec: VmSpec, note: str | None, *, within: Job | None = None) -> Vm:
+        # Resolves and checks the spec once more, with the made volumes in it; `within`: the create job, which holds
+        # the volumes' locks itself.
+        vm = self.vms.create(spec, within=within)
         if note:
             self.db.add_event(vm.id, "created", note)
         return vm
