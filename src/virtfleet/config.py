@@ -36,6 +36,11 @@ class Settings:
     reconcile_interval: float = 1.0
     metrics_interval: float = 10.0  # how often each running VM's usage is sampled (the last hour is kept)
     qemu_binary: str = "qemu-system-x86_64"
+    # v2v: the only server-side places `virtfleet import` reads and `virtfleet export` writes (admin-set), and the
+    # host block devices an import may read (Xen phy:, libvirt type='block'), as glob patterns.
+    import_root: Path | None = None
+    export_root: Path | None = None
+    import_devices: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -46,6 +51,9 @@ class Settings:
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
             "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
+            "import_root": Path(env["VIRTFLEET_IMPORT_DIR"]) if env.get("VIRTFLEET_IMPORT_DIR") else None,
+            "export_root": Path(env["VIRTFLEET_EXPORT_DIR"]) if env.get("VIRTFLEET_EXPORT_DIR") else None,
+            "import_devices": tuple(p for p in env.get("VIRTFLEET_IMPORT_DEVICES", "").split(",") if p.strip()),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -65,6 +73,14 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def import_dir(self) -> Path:
+        return self.import_root or self.data_dir / "import"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.export_root or self.data_dir / "export"
 
     @property
     def default_pool(self) -> Path:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from virtfleet.model.names import NAME_PATTERN
+
 Firmware = Literal["bios", "uefi"]
 SourceKind = Literal["vmx", "ovf", "ova", "libvirt", "xl", "hyperv", "disk"]
 GuestFamily = Literal["linux", "windows", "other", "unknown"]
@@ -131,3 +133,42 @@ class ImportPlan(BaseModel):
     warnings: list[str]  # every setting not carried over, and every choice made for the user
     problems: list[str]  # what stops the import as planned (unmapped networks ...); empty when it can run
     source_vm: SourceVm  # what the file said, for the job that converts it
+
+
+class ImportRequest(BaseModel):
+    """What `virtfleet import` and POST /api/v1/imports ask for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, max_length=4096, description="inside the server's import directory")
+    dry_run: bool = Field(default=False, description="only answer the plan; nothing changes")
+    pool: str = Field(default="default", pattern=NAME_PATTERN)
+    format: Literal["qcow2", "raw"] = "qcow2"
+    network_map: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                        description="source network name -> virtfleet network ('*': any other)")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="default: the source VM's name")
+
+
+class ImportedDisk(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    volume: str  # pool/name
+    format: str
+    size: int
+    checksum: str | None  # the manifest digest that was checked, when the package had one
+
+
+class ImportReport(BaseModel):
+    """The result of an import job: what was made, and every setting that was not carried over."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    vm: str
+    source: str
+    kind: SourceKind
+    disks: list[ImportedDisk]
+    nics: list[PlannedNic]
+    warnings: list[str]
+    plan: ImportPlan

@@ -97,7 +97,7 @@ def parse_descriptor(text: str, file: str) -> Descriptor:
                       values.get("ddb.adaptertype"))
 
 
-def _sparse_header(head: bytes, file: str) -> tuple[int, int, int]:
+def sparse_header(head: bytes, file: str) -> tuple[int, int, int]:
     """(capacity, descriptor offset, descriptor size), all in sectors, of a VMDK4 sparse file."""
     if len(head) < _HEADER.size:
         raise SourceError(file, "header", "is truncated")
@@ -138,7 +138,7 @@ class VmdkReader:
             return  # ESX delta (vmfsSparse): header only, names no file
         if head[:4] != VMDK4_MAGIC:
             raise SourceError(descriptor, field, f"{rel} is not a sparse extent (no VMDK header)")
-        capacity, _, _ = _sparse_header(head, rel)
+        capacity, _, _ = sparse_header(head, rel)
         if capacity < sectors:
             raise SourceError(descriptor, field, f"{rel} holds {capacity} sectors, fewer than the {sectors} listed")
 
@@ -167,7 +167,7 @@ class VmdkReader:
             head = self._head(fd)
             size = os.fstat(fd).st_size
             if head[:4] == VMDK4_MAGIC:
-                capacity, desc_offset, desc_size = _sparse_header(head, rel)
+                capacity, desc_offset, desc_size = sparse_header(head, rel)
                 if desc_offset == 0 or desc_size == 0:
                     desc = Descriptor("monolithicSparse", NO_PARENT, NO_PARENT, None, [], None)
                 else:
