@@ -41,8 +41,9 @@ class Layer(BaseModel):
     file: str  # relative to the import directory; for an OVA, the member name
     format: ImageFormat
     extents: list[Extent] = Field(default_factory=list)  # VMDK descriptors only
-    cid: str | None = None  # VMDK content id, to check the parent link
-    parent_cid: str | None = None
+    # VMDK content ids, to check the parent link; random per image, so kept out of plans shown and compared.
+    cid: str | None = Field(default=None, exclude=True)
+    parent_cid: str | None = Field(default=None, exclude=True)
 
 
 class SourceDisk(BaseModel):
