@@ -140,3 +140,31 @@ def test_ova_archives_survive_mutations(workdir: Path) -> None:
         check(root, "vm.ova")
 
     run()
+
+
+@pytest.mark.parametrize("fmt", ["vhdx", "vpc"])
+def test_differencing_chains_survive_mutations(fmt: str, workdir: Path) -> None:
+    """A Hyper-V export whose checkpoint disk (parent locator, bitmaps, BAT) is mutated: read and merged."""
+    from tests.unit.test_v2v_hyperv import make_export
+    from virtfleet.v2v.convert import convert_disk
+
+    root = workdir / f"diff-{fmt}"
+    make_export(root, fmt)
+    child = next((root / "web" / "Virtual Hard Disks").glob("*.avhd*"))
+    seed = child.read_bytes()
+    staging = workdir / f"staging-{fmt}"
+
+    @FUZZ
+    @given(changes=edits)
+    def run(changes: list[tuple[str, float, bytes]]) -> None:
+        child.write_bytes(mutate(seed, changes, window=len(seed)))
+        try:
+            source = read_source(ImportDir(root), "web")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            for index, disk in enumerate(source.disks):  # the merge reads the BAT and bitmaps for real
+                convert_disk(ImportDir(root), disk, staging / f"out{index}.raw", "raw", staging)
+        except InvalidSpec as error:
+            assert error.message
+
+    run()

@@ -290,8 +290,10 @@ def chain(root: ImportDir, rel: str, fmt: str, *, file: str, field: str) -> list
             raise SourceError(file, field, f"{rel}: the differencing chain is deeper than {MAX_CHAIN}")
         if not child.parent_names:
             raise SourceError(file, field, f"{child.rel} is a differencing disk that names no parent")
-        parent_rel, _ = root.join(child.rel, child.parent_names[0], file=child.rel, field="parent locator",
-                                  relocate=True)
+        # Hyper-V records Windows paths (.\parent.vhdx, C:\...): the parent is looked for beside its child, by name,
+        # and must prove it is the one (its identity) before it is used.
+        name = child.parent_names[0].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        parent_rel, _ = root.join(child.rel, name, file=child.rel, field="parent locator")
         if parent_rel in (image.rel for image in images):
             raise SourceError(file, field, f"{child.rel}: the differencing chain loops back to {parent_rel}")
         parent = read_image(root, parent_rel, file=file, field=field)
