@@ -192,3 +192,50 @@ def test_export_to_vmx_xl_and_libvirt_round_trips(api: Api, fmt: str) -> None:
     assert [nic["mac"] for nic in copy["spec"]["nics"]] == ["52:54:00:aa:bb:02"]
     volume = api.client.get(f"/api/v1/volumes/{copy['spec']['disks'][0]['volume']}").json()["volume"]
     assert volume["size"] == 8 * MiB
+
+
+def test_viewers_cannot_import_or_export_operators_can(api: Api) -> None:
+    rel = esx_vm(api)
+    viewer = api.headers_for("viewer")
+    operator = api.headers_for("operator")
+    assert api.client.post("/api/v1/imports", json={"path": rel, "dry_run": True}, headers=viewer).status_code == 403
+    assert api.client.post("/api/v1/vms/x/export", json={"format": "ova", "dest": "x"},
+                           headers=viewer).status_code == 403
+    assert api.client.post("/api/v1/imports", json={"path": rel, "dry_run": True},
+                           headers=operator).status_code == 200
+
+
+def test_no_host_file_ever_lands_in_a_volume(api: Api, tmp_path: Path) -> None:
+    """Plant a recognizable host file, try every way a description can name it, import what can be imported, and
+    search every file in the pool for its bytes."""
+    marker = b"VIRTFLEET-PLANTED-HOST-FILE-4242"
+    secret = tmp_path / "etc" / "shadow"
+    secret.parent.mkdir()
+    secret.write_bytes(marker * 65536)
+    user_network(api)
+    root = import_dir(api)
+    (root / "h").mkdir()
+    (root / "h" / "link-flat.vmdk").symlink_to(secret)
+    (root / "h" / "d.vmdk").write_text(f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                                       f'createType="twoGbMaxExtentFlat"\nRW 4096 FLAT "{secret}" 0\n')
+    (root / "h" / "l.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                                       'createType="twoGbMaxExtentFlat"\nRW 4096 FLAT "link-flat.vmdk" 0\n')
+    (root / "h" / "p.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                                       'createType="twoGbMaxExtentFlat"\nRW 4096 FLAT "../../../etc/shadow" 0\n')
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(root / "h" / "b.qcow2"))
+    attempts = {"d.vmdk": "absolute", "l.vmdk": "symbolic link", "p.vmdk": "'..'", str(secret): "does not exist",
+                "b.qcow2": "backing file"}
+    for index, (disk, reason) in enumerate(attempts.items()):
+        fmt = {".vmdk": "vmdk", ".qcow2": "qcow2"}.get(Path(disk).suffix, "raw")
+        (root / "h" / f"vm{index}.xml").write_text(
+            f"<domain><name>h{index}</name><memory unit='MiB'>64</memory><devices><disk type='file' device='disk'>"
+            f"<driver type='{fmt}'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk></devices>"
+            "</domain>")
+        response = post_import(api, path=f"h/vm{index}.xml")
+        assert response.status_code == 422 and reason in response.json()["error"]["message"], response.text
+    rel = esx_vm(api)  # and one that imports
+    assert api.wait(post_import(api, path=rel, network_map={"*": "lan"}).json())["status"] == "succeeded"
+    found = [path for path in api.settings.data_dir.rglob("*")
+             if path.is_file() and not path.is_symlink() and marker in path.read_bytes()]
+    assert found == []
+    assert volumes(api) == ["default/v2v-windows-kkulkarn"]
