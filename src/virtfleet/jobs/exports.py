@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from virtfleet.errors import Conflict, InvalidSpec, InvalidState
+from virtfleet.jobs.imports import ThrottledProgress
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.jobs.vms import VmService
 from virtfleet.model.job import Job
@@ -100,13 +101,14 @@ class ExportService:
     def _convert(self, vm: Vm, fmt: ExportFormat, work: Path, target: Path, context: JobContext) -> list[ExportDisk]:
         disks = []
         count = len(vm.spec.disks)
+        report = ThrottledProgress(context)
         for index, disk in enumerate(vm.spec.disks):
             assert disk.path is not None
             extension = _DISK_FORMAT[fmt]
             name = f"{vm.name}-disk{index + 1}.{extension}"
 
             def progress(pct: float, index: int = index) -> None:
-                context.progress(int((index + pct / 100) * 90 / count), f"disk {index + 1}: converting, {pct:.0f}%")
+                report(int((index + pct / 100) * 90 / count), f"disk {index + 1}: converting, {pct:.0f}%")
 
             qemu_img.convert(Path(disk.path), disk.format, work / name, extension, progress=progress,
                              options=_VMDK_OPTIONS.get(fmt, ()))
