@@ -4,6 +4,7 @@ recognizable host file never lands in a converted image."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -265,3 +266,62 @@ def test_converted_images_never_hold_host_bytes(root: Path, host_file: Path, tmp
     for out in outputs:
         assert MARKER not in out.read_bytes()
         assert out.read_bytes()[:MiB] == b"\x42" * MiB
+
+
+# --- checksums from manifests ---------------------------------------------------------------------------------------
+def _package(root: Path, digest: str) -> str:
+    """A VirtualBox OVF beside its disk and a manifest giving `digest` for the disk (and the right one for the OVF)."""
+    import hashlib
+
+    ovf = (Path(__file__).parent.parent / "data/v2v/ovf/govmomi-vbox1.ovf").read_bytes()
+    (root / "vm.ovf").write_bytes(ovf)
+    make_disk(root / "vbox1.vmdk", "vmdk", MiB, subformat="streamOptimized")
+    (root / "vm.mf").write_text(f"SHA256(vm.ovf)= {hashlib.sha256(ovf).hexdigest()}\n"
+                                f"SHA256(vbox1.vmdk)= {digest}\n")
+    return "vm.ovf"
+
+
+def test_a_disk_that_does_not_match_its_manifest_is_refused_at_conversion(root: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    source = read(root, _package(root, "0" * 64))
+    assert source.disks[0].checksum == "SHA256:" + "0" * 64
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(InvalidSpec, match="SHA256 mismatch"):
+        convert_disk(ImportDir(root), source.disks[0], tmp_path / "out.qcow2", "qcow2", staging)
+    assert not (tmp_path / "out.qcow2").exists()
+    good = hashlib.sha256((root / "vbox1.vmdk").read_bytes()).hexdigest()
+    (root / "vm.mf").write_text((root / "vm.mf").read_text().replace("0" * 64, good))
+    convert_disk(ImportDir(root), read(root, "vm.ovf").disks[0], tmp_path / "out.qcow2", "qcow2", staging)
+    assert (tmp_path / "out.qcow2").is_file()
+
+
+def test_a_tampered_descriptor_or_an_unlisted_disk_is_refused(root: Path) -> None:
+    _package(root, "0" * 64)
+    (root / "vm.ovf").write_bytes((root / "vm.ovf").read_bytes().replace(b"192", b"193"))
+    refused(root, "vm.ovf", "vm.mf", "SHA256 mismatch")
+    _package(root, "0" * 64)
+    (root / "vm.mf").write_text((root / "vm.mf").read_text().splitlines()[0] + "\n")
+    refused(root, "vm.ovf", "vbox1.vmdk is not listed")
+
+
+def test_an_ova_member_that_does_not_match_its_manifest_is_refused(root: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    _package(root, "0" * 64)
+    members = {"vm.ovf": (root / "vm.ovf").read_bytes(), "vm.mf": (root / "vm.mf").read_bytes(),
+               "vbox1.vmdk": (root / "vbox1.vmdk").read_bytes()}
+    rel = _ova(root, [tarfile.TarInfo(name) for name in members], members)
+    source = read(root, rel)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(InvalidSpec, match="SHA256 mismatch"):
+        convert_disk(ImportDir(root), source.disks[0], tmp_path / "out.qcow2", "qcow2", staging)
+    members["vm.mf"] = members["vm.mf"].replace(b"0" * 64, hashlib.sha256(members["vbox1.vmdk"]).hexdigest().encode())
+    (root / rel).unlink()
+    _ova(root, [tarfile.TarInfo(name) for name in members], members)
+    shutil.rmtree(staging)
+    staging.mkdir()
+    convert_disk(ImportDir(root), read(root, rel).disks[0], tmp_path / "out2.qcow2", "qcow2", staging)
+    assert (tmp_path / "out2.qcow2").is_file()
