@@ -96,7 +96,11 @@ class ExportService:
             shutil.rmtree(work, ignore_errors=True)
             raise
         shutil.rmtree(work, ignore_errors=True)
-        return f"exported vm '{vm.name}' as {fmt} to {target} ({len(disks)} disk(s))"
+        message = f"exported vm '{vm.name}' as {fmt} to {target} ({len(disks)} disk(s))"
+        if vm.spec.image is not None:
+            message += (f"; it boots virtfleet's image '{vm.spec.image}' (kernel and initramfs), which is not "
+                        "exported: elsewhere it needs a boot loader on its first disk")
+        return message
 
     def _convert(self, vm: Vm, fmt: ExportFormat, work: Path, target: Path, context: JobContext) -> list[ExportDisk]:
         disks = []

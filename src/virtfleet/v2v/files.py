@@ -172,13 +172,13 @@ class ImportDir:
         finally:
             os.close(fd)
 
-    def read(self, rel: str, *, limit: int, file: str, field: str, offset: int = 0) -> bytes:
-        """Up to `limit` bytes from `offset`; a file larger than the limit (counted from offset) is refused."""
+    def read(self, rel: str, *, limit: int, file: str, field: str) -> bytes:
+        """The whole file; one larger than `limit` is refused (descriptions are small, disks are not read here)."""
         with self.opened(rel, file=file, field=field) as fd:
             size = os.fstat(fd).st_size
-            if size - offset > limit and offset == 0:
+            if size > limit:
                 raise SourceError(file, field, f"{rel} is {size} bytes, more than the {limit} a description may have")
-            return os.pread(fd, limit, offset)
+            return os.pread(fd, limit, 0)
 
     def size(self, rel: str, *, file: str, field: str) -> int:
         with self.opened(rel, file=file, field=field) as fd:
