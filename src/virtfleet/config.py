@@ -48,6 +48,13 @@ class Settings:
     qemu_binary: str = "qemu-system-x86_64"
     max_volume_size: int = DEFAULT_MAX_VOLUME_SIZE
     pool_roots: tuple[Path, ...] = DEFAULT_POOL_ROOTS
+    # Imports from a URL fetch only from public addresses, and from these networks (VIRTFLEET_IMPORT_ALLOW).
+    import_allow: tuple[IPNetwork, ...] = ()
+    # v2v: the only server-side places `virtfleet import` reads and `virtfleet export` writes (admin-set), and the
+    # host block devices an import may read (Xen phy:, libvirt type='block'), as glob patterns.
+    import_root: Path | None = None
+    export_root: Path | None = None
+    import_devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not MIN_VOLUME_BYTES <= self.max_volume_size <= MAX_VOLUME_BYTES:
@@ -57,8 +64,6 @@ class Settings:
         for root in self.pool_roots:
             if not root.is_absolute():
                 raise ValueError(f"pool_roots (VIRTFLEET_POOL_ROOTS): {root} is not an absolute path")
-    # Imports from a URL fetch only from public addresses, and from these networks (VIRTFLEET_IMPORT_ALLOW).
-    import_allow: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -70,6 +75,9 @@ class Settings:
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
             "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
             "import_allow": parse_networks(env.get(ALLOW_VARIABLE, "")),
+            "import_root": Path(env["VIRTFLEET_IMPORT_DIR"]) if env.get("VIRTFLEET_IMPORT_DIR") else None,
+            "export_root": Path(env["VIRTFLEET_EXPORT_DIR"]) if env.get("VIRTFLEET_EXPORT_DIR") else None,
+            "import_devices": tuple(p for p in env.get("VIRTFLEET_IMPORT_DEVICES", "").split(",") if p.strip()),
         }
         if "VIRTFLEET_MAX_VOLUME_SIZE" in env:
             try:
@@ -101,6 +109,14 @@ class Settings:
     def pools_dir(self) -> Path:
         """The data directory's own place for pools (the default pool, and any other an admin puts there)."""
         return self.data_dir / "pools"
+
+    @property
+    def import_dir(self) -> Path:
+        return self.import_root or self.data_dir / "import"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.export_root or self.data_dir / "export"
 
     @property
     def default_pool(self) -> Path:

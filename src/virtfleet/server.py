@@ -16,6 +16,8 @@ from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.events import EventBus
 from virtfleet.images.catalog import Builder, ImageCatalog
+from virtfleet.jobs.exports import ExportService
+from virtfleet.jobs.imports import ImportService
 from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.recovery import Recovery
 from virtfleet.jobs.runner import JobRunner
@@ -65,6 +67,8 @@ class Server:
     sampler: MetricsSampler
     auth: AuthService
     events: EventBus
+    imports: ImportService
+    exports: ExportService
 
     @classmethod
     def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
@@ -98,8 +102,12 @@ class Server:
         sampler = MetricsSampler(db, driver, settings.metrics_interval)
         auth = AuthService(db)
         auth.ensure_local_admin(settings.admin_token_path)
+        imports = ImportService(db, runner, storage, vms, networks, intents, import_dir=settings.import_dir,
+                                devices=settings.import_devices, reports_dir=settings.data_dir / "imports")
+        imports.register_recovery(recovery)
+        exports = ExportService(runner, vms, settings.export_dir)
         return cls(settings, db, driver, runner, recovery, images, storage, networks, vms, vm_creator, vm_deleter,
-                   templates, snapshots, reconciler, sampler, auth, events)
+                   templates, snapshots, reconciler, sampler, auth, events, imports, exports)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:

@@ -38,6 +38,9 @@ from virtfleet.model.auth import Role
     ("GET", "/api/v1/users", Role.ADMIN),
     ("PATCH", "/api/v1/users/ann", Role.ADMIN),
     ("GET", "/api/v1/audit", Role.ADMIN),
+    ("POST", "/api/v1/imports", Role.OPERATOR),  # reads only the admin-set import directory
+    ("GET", "/api/v1/imports/0f3c", Role.VIEWER),  # an import's report
+    ("POST", "/api/v1/vms/web/export", Role.OPERATOR),  # writes only into the admin-set export directory
     ("GET", "/api/v1/anything-new", Role.VIEWER),
     ("POST", "/api/v1/anything-new", Role.OPERATOR),
     ("GET", "/api/v1", Role.VIEWER),

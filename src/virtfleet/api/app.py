@@ -12,6 +12,7 @@ from virtfleet.api import errors, routes, users
 from virtfleet.api.auth import AuthMiddleware
 from virtfleet.api.console import router as console_router
 from virtfleet.api.events import router as events_router
+from virtfleet.api.imports import router as imports_router
 from virtfleet.api.limits import BodyLimitMiddleware
 from virtfleet.api.metrics import router as metrics_router
 from virtfleet.api.networks import router as networks_router
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
     # Storage and networks first: their /vms/{ref}/snapshots and /vms/{ref}/nics must win over the generic
     # POST /vms/{ref}/{action}.
     app.include_router(storage_router, prefix="/api/v1")
+    app.include_router(imports_router, prefix="/api/v1")  # POST /vms/{ref}/export before /vms/{ref}/{action}
     app.include_router(networks_router, prefix="/api/v1")
     app.include_router(metrics_router, prefix="/api/v1")
     app.include_router(routes.router, prefix="/api/v1")

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from virtfleet import __version__
-from virtfleet.cli import image, jobs, network, storage, users, vm
+from virtfleet.cli import image, jobs, network, storage, users, v2v, vm
 from virtfleet.cli.demo import demo
 from virtfleet.cli.events import events
 from virtfleet.cli.output import JsonOption, err, fail, out, run, state
@@ -34,6 +34,8 @@ app.add_typer(users.tokens, name="token")
 app.command()(demo)
 app.command()(users.audit)
 app.command()(events)
+app.command("import")(v2v.import_vm)
+app.command("export")(v2v.export_vm)
 
 
 @app.callback()

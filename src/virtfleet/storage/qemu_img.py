@@ -242,7 +242,7 @@ def _progress_values(fd: int) -> Iterator[float]:
 
 def convert(
     src: Path, src_fmt: str, dst: Path, dst_fmt: str, *, progress: Callable[[float], None] | None = None,
-    direct: bool = False,
+    direct: bool = False, options: Sequence[str] = (),
 ) -> None:
     """Copy `src` into a new image `dst`; on any failure (or an exception from `progress`) `dst` is removed.
 
@@ -250,7 +250,8 @@ def convert(
     page cache, so the final fsync is nearly free; file systems without O_DIRECT (tmpfs) fall back to the cache.
     """
     cache = ["-t", "none"] if direct and _supports_direct(dst) else []
-    _convert(src, src_fmt, dst, dst_fmt, progress, cache)
+    # options: creation options of the target (e.g. subformat=streamOptimized for a vmdk meant for an OVA).
+    _convert(src, src_fmt, dst, dst_fmt, progress, [*cache, *(["-o", ",".join(options)] if options else [])])
 
 
 def _supports_direct(dst: Path) -> bool:
@@ -271,11 +272,11 @@ def convert_timeout(source: ImageInfo) -> float:
 
 
 def _convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, progress: Callable[[float], None] | None,
-             cache: list[str]) -> None:
+             extra: list[str]) -> None:
     _refuse_existing(dst)
     timeout = convert_timeout(info(src, src_fmt))
     limits = Limits(cpu_seconds=math.ceil(timeout), address_space=CONVERT_ADDRESS_SPACE)
-    argv = [_binary(), "convert", "-p", *cache, "-f", src_fmt, "-O", dst_fmt, _arg(src), _arg(dst)]
+    argv = [_binary(), "convert", "-p", *extra, "-f", src_fmt, "-O", dst_fmt, _arg(src), _arg(dst)]
     what = "qemu-img convert failed"
     # stderr goes to a file, not a pipe, so a chatty qemu-img never blocks while we only read stdout.
     with tempfile.TemporaryFile() as stderr:
