@@ -6,7 +6,8 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def qemu_img_pids(marker: str | Path, command: bytes | None = None) -> list[int]:
+    """Live qemu-img processes (running `command`, if given) whose arguments mention `marker` (by /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if (len(argv) > 1 and argv[0].endswith(b"qemu-img") and command in (None, argv[1])
+                and str(marker).encode() in b" ".join(argv) and state != "Z"):
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture

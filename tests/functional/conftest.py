@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -21,6 +22,10 @@ from virtfleet.config import Settings
 from virtfleet.drivers.base import DriverConfig
 from virtfleet.drivers.fake import FakeHost, fake_host_for
 from virtfleet.images.tiny import BuiltImage, write_manifest
+from virtfleet.jobs.runner import JobContext
+from virtfleet.jobs.storage import volume_key
+from virtfleet.model.job import Job
+from virtfleet.server import Server
 
 
 def fake_tiny_builder(dest: Path, *, progress: Callable[[str], None] | None = None) -> BuiltImage:
@@ -47,6 +52,31 @@ class Api:
         self.app = app
         self.host = host
         self.settings = settings
+
+    @property
+    def server(self) -> Server:
+        server: Server = self.app.state.server
+        return server
+
+    @contextlib.contextmanager
+    def holding_volume(self, ref: str) -> Iterator[Job]:
+        """Another job holds the volume's lock (by the key any job on it takes: a copy, a snapshot) until the block
+        ends; the holder is yielded, and has succeeded once the block is left."""
+        release = threading.Event()
+
+        async def hold(_context: JobContext) -> str:
+            await asyncio.to_thread(release.wait, 10)
+            return "released"
+
+        portal = self.client.portal
+        assert portal is not None
+        key = volume_key(self.server.storage.volume(ref))
+        holder = portal.call(lambda: self.server.runner.submit("test.hold", key, f"volume '{ref}'", hold))
+        try:
+            yield holder
+        finally:
+            release.set()
+        assert self.wait(holder.model_dump(mode="json"))["status"] == "succeeded"
 
     @contextlib.contextmanager
     def anonymous(self) -> Iterator[TestClient]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import qemu_img_pids, wait_until
 from tests.functional.conftest import Api, LiveServer, open_api
 from tests.functional.storage_helpers import (
     MiB,
@@ -33,30 +34,6 @@ def zeros(mib: int) -> Iterator[bytes]:
     """An upload body without a Content-Length (chunked), as a client streaming from a pipe sends it."""
     for _ in range(mib):
         yield b"\x42" * MiB
-
-
-def qemu_img_processes(marker: str, command: bytes | None = None) -> list[int]:
-    """Running qemu-img processes (of `command`, if given) whose arguments mention `marker` (by /proc, no psutil)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if (len(argv) > 1 and argv[0].endswith(b"qemu-img") and command in (None, argv[1])
-                and marker.encode() in b" ".join(argv) and state != "Z"):
-            found.append(int(entry.name))
-    return found
-
-
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # --- sizes --------------------------------------------------------------------------------------------------------
@@ -105,7 +82,7 @@ def test_an_image_claiming_a_huge_virtual_size_is_refused_before_any_conversion(
         refused(upload(api, "huge", huge_vhdx.read_bytes(), format="vhdx"), 422, field="virtual_size",
                 says="claims a virtual size of 60 TiB")
     assert time.monotonic() - started < 60
-    assert qemu_img_processes("huge") == []
+    assert qemu_img_pids("huge") == []
     assert_staging_empty(pool_dir(api))
 
 
@@ -118,9 +95,9 @@ def test_an_upload_whose_client_hangs_up_stops_its_conversion(live_server: LiveS
         client.sendall(f"PUT /api/v1/pools/default/volumes/slow/data?format=vhdx HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                        f"Authorization: Bearer {live_server.token}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                        + data)
-        assert wait_until(lambda: qemu_img_processes("slow.upload-", b"convert")), "no conversion started"
+        assert wait_until(lambda: qemu_img_pids("slow.upload-", b"convert")), "no conversion started"
     # The client hung up while its upload was being converted: nobody waits for the result any more.
-    assert wait_until(lambda: not qemu_img_processes("slow.upload-"), 10), "the conversion went on"
+    assert wait_until(lambda: not qemu_img_pids("slow.upload-"), 10), "the conversion went on"
     response = httpx.get(f"{live_server.url}/api/v1/volumes", headers=live_server.auth)
     assert response.status_code == 200 and response.json() == []
     pool = live_server.settings.default_pool

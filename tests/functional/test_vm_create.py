@@ -3,7 +3,6 @@ the volumes and records the VM, or leaves nothing (fake hypervisor, real qemu-im
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -12,16 +11,9 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import Api
-from virtfleet.jobs.runner import JobContext
-from virtfleet.jobs.storage import StorageService, VolumePlan, volume_key
-from virtfleet.server import Server
+from virtfleet.jobs.storage import StorageService, VolumePlan
 
 MiB = 1 << 20
-
-
-def server_of(api: Api) -> Server:
-    server: Server = api.app.state.server
-    return server
 
 
 def volumes(api: Api) -> list[str]:
@@ -60,7 +52,7 @@ def test_new_disks_are_made_and_attached_by_one_job(api: Api) -> None:
     assert all("new" not in disk for disk in disks)  # the record names the volumes, not how they were made
     made = {v["name"]: v for v in api.client.get("/api/v1/volumes").json()}
     assert (made["web-disk0"]["size"], made["web-disk0"]["attached_to"]) == (16 * MiB, "web")
-    assert server_of(api).recovery.intents.pending() == []
+    assert api.server.recovery.intents.pending() == []
     api.run("web", "start")  # the made volumes really are the VM's disks
 
 
@@ -134,7 +126,7 @@ def test_a_refused_create_leaves_no_volume_and_the_retry_succeeds(api: Api) -> N
 
 
 def test_a_failure_in_the_job_rolls_back_every_volume_made(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = server_of(api).storage
+    storage = api.server.storage
     real_make = StorageService.make_file
     made: list[str] = []
 
@@ -151,7 +143,7 @@ def test_a_failure_in_the_job_rolls_back_every_volume_made(api: Api, monkeypatch
     assert made == ["default/web-disk0"]
     assert volumes(api) == [] and pool_files(api) == []
     assert api.client.get("/api/v1/vms/web").status_code == 404
-    assert server_of(api).recovery.intents.pending() == []
+    assert api.server.recovery.intents.pending() == []
     monkeypatch.undo()
     assert create_job(api, {"name": "web", "disks": [{"new": {"size": "8M"}}, {"new": {"size": "8M"}}]})[
         "status"] == "succeeded"
@@ -159,7 +151,7 @@ def test_a_failure_in_the_job_rolls_back_every_volume_made(api: Api, monkeypatch
 
 def test_the_name_and_the_new_volumes_are_locked_while_the_job_runs(api: Api,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = server_of(api).storage
+    storage = api.server.storage
     real_make = StorageService.make_file
     release, made = threading.Event(), []
 
@@ -190,22 +182,9 @@ def test_the_name_and_the_new_volumes_are_locked_while_the_job_runs(api: Api,
 
 def test_a_volume_another_job_holds_is_not_attached_meanwhile(api: Api) -> None:
     make_volume(api, "data")
-    runner, release = server_of(api).runner, threading.Event()
-
-    async def hold(_context: JobContext) -> str:  # any job on the volume (a copy, a snapshot) holds its lock
-        await asyncio.to_thread(release.wait, 10)
-        return "released"
-
-    portal = api.client.portal
-    assert portal is not None
-    key = volume_key(server_of(api).storage.volume("default/data"))  # the key every job on the volume takes
-    holder = portal.call(lambda: runner.submit("test.hold", key, "volume 'default/data'", hold))
-    try:
+    with api.holding_volume("default/data") as holder:
         for body in ({"name": "a", "disks": [{"volume": "data"}]},  # a bare name is the same volume
                      {"name": "b", "disks": [{"volume": "default/data"}, {"new": {"size": "8M"}}]}):
             busy = api.client.post("/api/v1/vms", json=body)
             assert busy.status_code == 409 and busy.json()["error"]["job_id"] == holder.id, busy.text
-    finally:
-        release.set()
-    assert api.wait(holder.model_dump(mode="json"))["status"] == "succeeded"
     assert volumes(api) == ["default/data"] and api.client.get("/api/v1/vms").json() == []

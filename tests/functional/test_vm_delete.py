@@ -3,19 +3,9 @@ the volumes it deletes locked with it, and a failure that leaves a VM a retry ca
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 
 from tests.functional.conftest import Api
-from virtfleet.jobs.runner import JobContext
-from virtfleet.jobs.storage import volume_key
-from virtfleet.server import Server
-
-
-def server_of(api: Api) -> Server:
-    server: Server = api.app.state.server
-    return server
 
 
 def make_volume(api: Api, name: str) -> Path:
@@ -44,7 +34,7 @@ def test_force_delete_stops_undefines_forgets_and_removes_the_volumes(api: Api) 
     assert api.client.get("/api/v1/vms/web").status_code == 404
     assert vm["id"] not in api.host.domains and not seed.exists() and not disk.exists()
     assert api.client.get("/api/v1/volumes").json() == []
-    assert server_of(api).recovery.intents.pending() == []
+    assert api.server.recovery.intents.pending() == []
 
 
 def test_a_failed_delete_keeps_the_vm_as_the_host_runs_it_and_a_retry_finishes(api: Api) -> None:
@@ -55,7 +45,7 @@ def test_a_failed_delete_keeps_the_vm_as_the_host_runs_it_and_a_retry_finishes(a
     job = delete(api, "web", force=True, delete_volumes=True)
     assert job["status"] == "failed" and "hangs" in job["error"], job
     assert api.vm("web")["state"] == "running"  # nothing was undone that had not happened
-    assert server_of(api).recovery.intents.pending() == []  # a failure in process is reported, not left to a restart
+    assert api.server.recovery.intents.pending() == []  # a failure in process is reported, not left to a restart
     assert delete(api, "web", force=True, delete_volumes=True)["status"] == "succeeded"
     assert api.client.get("/api/v1/volumes").json() == []
 
@@ -76,21 +66,8 @@ def test_delete_keeps_a_volume_that_others_are_based_on(api: Api) -> None:
 def test_the_volumes_to_delete_are_locked_with_the_vm(api: Api) -> None:
     make_volume(api, "data")
     api.create("web", disks=[{"volume": "data"}])
-    runner, release = server_of(api).runner, threading.Event()
-
-    async def hold(_context: JobContext) -> str:  # any job on the volume (a copy, a snapshot) holds its lock
-        await asyncio.to_thread(release.wait, 10)
-        return "released"
-
-    portal = api.client.portal
-    assert portal is not None
-    key = volume_key(server_of(api).storage.volume("default/data"))  # the key every job on the volume takes
-    holder = portal.call(lambda: runner.submit("test.hold", key, "volume 'default/data'", hold))
-    try:
+    with api.holding_volume("default/data") as holder:
         busy = api.client.delete("/api/v1/vms/web", params={"delete_volumes": True})
         assert busy.status_code == 409 and busy.json()["error"]["job_id"] == holder.id, busy.text
         assert api.vm("web")["name"] == "web"
-    finally:
-        release.set()
-    assert api.wait(holder.model_dump(mode="json"))["status"] == "succeeded"
     assert delete(api, "web", delete_volumes=True)["status"] == "succeeded"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from virtfleet.errors import DriverError
 from virtfleet.hostcmd import STOPPED, Limits, in_thread, process_scope, run_tool
 
@@ -28,17 +29,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def read_pid(path: Path) -> int:
-    assert wait_for(lambda: path.is_file() and path.read_text().strip()), f"{path} never written"
+    assert wait_until(lambda: path.is_file() and path.read_text().strip()), f"{path} never written"
     return int(path.read_text())
 
 
@@ -117,7 +109,7 @@ def test_tools_die_with_the_daemon_even_when_it_is_killed(tmp_path: Path) -> Non
         assert alive(tool)
         daemon.kill()
         daemon.wait()
-        assert wait_for(lambda: not alive(tool), 5), "the tool outlived the daemon"
+        assert wait_until(lambda: not alive(tool), 5), "the tool outlived the daemon"
     finally:
         daemon.kill()
         daemon.wait()

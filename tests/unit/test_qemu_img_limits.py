@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import qemu_img_pids, wait_until
 from tests.tmpfs import tiny_tmpfs
 from virtfleet.errors import InsufficientStorage, InvalidSpec
 from virtfleet.jobs.runner import JobContext, JobRunner
@@ -35,29 +36,6 @@ def slow_vhdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("images") / "slow.vhdx"
     subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(path), "1T"], check=True)
     return path
-
-
-def qemu_img_pids(marker: Path) -> list[int]:
-    """Live qemu-img processes whose arguments name `marker`, found in /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if argv[0].endswith(b"qemu-img") and str(marker).encode() in argv and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_an_image_claiming_more_than_the_limit_is_refused_naming_both_sizes(tmp_path: Path) -> None:
