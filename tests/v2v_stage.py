@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "v2v"
@@ -44,3 +45,18 @@ def stage(root: Path, config: str, disks: dict[str, str] | None = None, *, as_na
     for disk, fmt in (disks or {}).items():
         make_disk(target.parent / disk, fmt)
     return name
+
+
+def make_ova(path: Path, *, disk_size: int = 16 * MiB) -> Path:
+    """A small OVA (VirtualBox's OVF: 1 CPU, 192 MiB, one sparse VMDK, a NIC on network "NAT") at `path`."""
+    ovf = (DATA / "ovf" / "govmomi-vbox1.ovf").read_text()
+    ovf = ovf.replace('ovf:capacity="10737418240"', f'ovf:capacity="{disk_size}"')
+    work = path.parent / f".{path.name}.members"
+    work.mkdir(parents=True)
+    (work / "vm.ovf").write_text(ovf)
+    make_disk(work / "vbox1.vmdk", "vmdk", disk_size, subformat="streamOptimized")
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member in ("vm.ovf", "vbox1.vmdk"):
+            tar.add(work / member, arcname=member)
+    shutil.rmtree(work)
+    return path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from virtfleet.api.routes import ServerDep, accepted
@@ -30,6 +30,21 @@ async def import_vm(body: ImportRequest, server: ServerDep, response: Response) 
         response.status_code = 200
         return await server.imports.plan(body)
     return accepted(await server.imports.submit(body), response)
+
+
+class UploadOut(BaseModel):
+    path: str = Field(description="the upload's path in the import directory: what to import")
+
+
+@router.put("/imports/uploads/{name}", response_model=UploadOut, status_code=201)
+async def upload_import(name: str, request: Request, server: ServerDep) -> UploadOut:
+    """Upload an OVA as the request body into the import directory (uploads/NAME), for importing it afterwards.
+
+    The name is a plain file name ending in .ova; an existing file is never replaced; bounded like volume uploads."""
+    length = request.headers.get("content-length")
+    path = await server.imports.upload(name, request.stream(),
+                                       length=int(length) if length and length.isdigit() else None)
+    return UploadOut(path=path)
 
 
 @router.get("/imports/{job_id}", response_model=ImportReport)

@@ -3,7 +3,8 @@ the server hold a body of any size it likes in memory.
 
 Bodies are read whole before parsing (JSON), so they are capped: a declared Content-Length over the cap is refused
 before anything is read, and a chunked body is cut off as soon as it passes the cap. The routes that stream a body
-to disk (volume uploads) are exempt here: their own rules bound them (the declared size, the pool's free space).
+to disk (volume uploads, OVA uploads into the import directory) are exempt here: their own rules bound them (the
+declared size, max_volume_size, the pool's free space).
 Refusals are HTTP 413 with the usual error body.
 """
 
@@ -23,6 +24,7 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: the largest JSON request (a VM spec with 64 K
 # (method, path) of the routes that stream their body to disk.
 STREAMING_UPLOADS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("PUT", re.compile(re.escape(API_PREFIX) + r"/pools/[^/]+/volumes/[^/]+/data")),
+    ("PUT", re.compile(re.escape(API_PREFIX) + r"/imports/uploads/[^/]+")),
 )
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from virtfleet import failpoints
@@ -30,6 +31,7 @@ from virtfleet.model.job import Job
 from virtfleet.model.network import NicSpec
 from virtfleet.model.storage import Volume
 from virtfleet.model.vm import DiskSpec, VmSpec
+from virtfleet.private_files import create_private
 from virtfleet.storage import qemu_img, transfer
 from virtfleet.store.db import Database
 from virtfleet.store.intent_repo import Intent, IntentLog
@@ -44,6 +46,9 @@ failpoints.declare("v2v.import.after-file", "an imported disk's file is in place
 failpoints.declare("v2v.import.after-disk", "an imported disk is converted and recorded; more disks or the VM follow")
 failpoints.declare("v2v.import.after-vm", "the imported VM is recorded, the intent not yet closed")
 _REPORT_ID = re.compile(r"^[0-9a-f-]{1,64}$")
+# An uploaded OVA's name: plain (no path, no hidden file), and an .ova, the only package that is one file.
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.ova$")
+UPLOADS = "uploads"  # the import directory's subdirectory that uploads land in
 PROGRESS_INTERVAL = 0.5  # seconds between progress records
 
 
@@ -92,6 +97,37 @@ class ImportService:
     async def plan(self, request: ImportRequest) -> ImportPlan:
         """What importing `request.path` would make; reads files, changes nothing."""
         return await asyncio.to_thread(self._plan, request)
+
+    # --- uploads (the web UI's way to put an OVA into the import directory) --------------------------------
+    async def upload(self, name: str, body: AsyncIterator[bytes], *, length: int | None) -> str:
+        """Store the request body as uploads/NAME in the import directory; returns that path (what to import).
+
+        Bounded like a volume upload (max_volume_size, declared or counted); never replaces a file; the file appears
+        whole under its name or not at all (a partial upload is removed)."""
+        if not _UPLOAD_NAME.match(name):
+            raise InvalidSpec("name", f"{name[:200]!r} is not a plain .ova file name (letters, digits, '.', '_', '-' "
+                                      "and ending in .ova)")
+        if length is not None:
+            self.storage.check_size(length, "content-length")
+        directory = self.import_dir / UPLOADS
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True, mode=0o750)
+        final = directory / name
+        received = 0
+        with transfer.atomic_destination(final) as temp:  # Conflict when the name is taken
+            out = os.fdopen(await asyncio.to_thread(create_private, temp), "wb")
+            try:
+                async for chunk in body:
+                    received += len(chunk)
+                    self.storage.check_size(received, "body")  # a chunked body declares no length: count it
+                    await asyncio.to_thread(out.write, chunk)
+            except OSError as error:
+                raise transfer.write_failure(error, f"cannot store the upload of {name} after {received} bytes") \
+                    from error
+            finally:
+                await asyncio.to_thread(out.close)
+            if length is not None and received != length:
+                raise InvalidSpec("body", f"received {received} bytes, the request declared {length}")
+        return f"{UPLOADS}/{name}"
 
     # --- checks that fail fast ----------------------------------------------------------------------------
     def _check(self, plan: ImportPlan) -> None:

@@ -1,0 +1,73 @@
+"""Uploading an OVA into the import directory (the web UI's way to import a file from the browser): the name and
+size rules, no overwriting, nothing left by a refused or broken upload, and a dry run of what was uploaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import Api, open_api
+from tests.v2v_stage import MiB, make_ova
+
+
+def uploads(api: Api) -> list[str]:
+    root = api.settings.import_dir / "uploads"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_an_uploaded_ova_can_be_planned_and_imported(api: Api, tmp_path: Path) -> None:
+    ova = make_ova(tmp_path / "vbox.ova")
+    response = api.client.put("/api/v1/imports/uploads/vbox.ova", content=ova.read_bytes())
+    assert response.status_code == 201, response.text
+    assert response.json() == {"path": "uploads/vbox.ova"}
+    assert (api.settings.import_dir / "uploads" / "vbox.ova").read_bytes() == ova.read_bytes()
+    assert uploads(api) == ["vbox.ova"]  # no temporary file beside it
+    plan = api.client.post("/api/v1/imports", json={"path": "uploads/vbox.ova", "dry_run": True})
+    assert plan.status_code == 200, plan.text
+    assert plan.json()["kind"] == "ova" and plan.json()["nics"][0]["source_network"] == "NAT"
+    assert plan.json()["disks"][0]["size"] == 16 * MiB
+
+
+def test_an_existing_upload_is_never_replaced(api: Api) -> None:
+    assert api.client.put("/api/v1/imports/uploads/a.ova", content=b"first").status_code == 201
+    response = api.client.put("/api/v1/imports/uploads/a.ova", content=b"second")
+    assert response.status_code == 409, response.text
+    assert (api.settings.import_dir / "uploads" / "a.ova").read_bytes() == b"first"
+    assert uploads(api) == ["a.ova"]
+
+
+@pytest.mark.parametrize("name", ["vm.vmx", "vm.ova.part", ".hidden.ova", "a%20b.ova", "a%2Fb.ova", "-x.ova",
+                                  "..%2F..%2Fx.ova", "ova"])
+def test_names_that_are_not_plain_ova_files_are_refused(api: Api, name: str) -> None:
+    response = api.client.put(f"/api/v1/imports/uploads/{name}", content=b"data")
+    assert response.status_code in (404, 422), (name, response.text)
+    if response.status_code == 422:
+        assert response.json()["error"]["field"] == "name"
+    assert uploads(api) == []
+    assert not api.settings.import_dir.exists() or not list(api.settings.import_dir.rglob("*"))
+
+
+def test_an_upload_over_the_size_limit_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    for api in open_api(tmp_path / "data", max_volume_size=MiB):
+        declared = api.client.put("/api/v1/imports/uploads/big.ova", content=b"x" * (MiB + 1))
+        assert declared.status_code == 422, declared.text
+        assert declared.json()["error"]["field"] == "content-length"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts
+            for _ in range(3):
+                yield b"x" * (MiB // 2)
+
+        counted = api.client.put("/api/v1/imports/uploads/big.ova", content=chunks())
+        assert counted.status_code == 422, counted.text
+        assert counted.json()["error"]["field"] == "body"
+        assert uploads(api) == []
+        # Within the limit, and past the 1 MiB cap of JSON bodies: streamed, not refused with 413.
+        assert api.client.put("/api/v1/imports/uploads/ok.ova", content=b"x" * MiB).status_code == 201
+
+
+def test_viewers_cannot_upload(api: Api) -> None:
+    response = api.client.put("/api/v1/imports/uploads/a.ova", content=b"x", headers=api.headers_for("viewer"))
+    assert response.status_code == 403, response.text
+    assert uploads(api) == []
