@@ -6,6 +6,7 @@ import * as events from "./js/events.js";
 import { clearNotices, clearSuccesses, notify, showError } from "./js/notices.js";
 import * as create from "./js/pages/create.js";
 import * as hosts from "./js/pages/hosts.js";
+import * as importPage from "./js/pages/import.js";
 import * as jobs from "./js/pages/jobs.js";
 import * as login from "./js/pages/login.js";
 import * as networks from "./js/pages/networks.js";
@@ -17,7 +18,7 @@ import * as vms from "./js/pages/vms.js";
 import { can, session, setSession } from "./js/session.js";
 
 // "#/vms/web1" -> page "vms" with args ["web1"], which the VM page shows.
-const PAGES = { login, vms, create, hosts, storage, networks, jobs, tokens, users };
+const PAGES = { login, vms, create, import: importPage, hosts, storage, networks, jobs, tokens, users };
 const LIVE_TEXT = { live: "live", reconnecting: "reconnecting…", offline: "offline" };
 
 let pageScope = null;
