@@ -42,8 +42,10 @@ def test_an_existing_upload_is_never_replaced(api: Api) -> None:
                                   "..%2F..%2Fx.ova", "ova"])
 def test_names_that_are_not_plain_ova_files_are_refused(api: Api, name: str) -> None:
     response = api.client.put(f"/api/v1/imports/uploads/{name}", content=b"data")
-    assert response.status_code in (404, 422), (name, response.text)
-    if response.status_code == 422:
+    if "%2F" in name:  # a slash, even encoded, never reaches the route
+        assert response.status_code == 404, (name, response.text)
+    else:
+        assert response.status_code == 422, (name, response.text)
         assert response.json()["error"]["field"] == "name"
     assert uploads(api) == []
     assert not api.settings.import_dir.exists() or not list(api.settings.import_dir.rglob("*"))
