@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class Server:
         # back, so the jobs and the reconcile pass below see one consistent picture.
         for problem in await self.recovery.run():
             log.error("%s", problem)
+        for leftover in await asyncio.to_thread(self.imports.remove_partial_uploads):
+            log.warning("import uploads: removed %s, left by an upload the last daemon did not finish", leftover)
         await self.reconciler.recover()
         info = await self.driver.host_info()
         if not info.kvm_usable:

@@ -3,6 +3,7 @@ size rules, no overwriting, nothing left by a refused or broken upload, and a dr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def test_viewers_cannot_upload(api: Api) -> None:
     response = api.client.put("/api/v1/imports/uploads/a.ova", content=b"x", headers=api.headers_for("viewer"))
     assert response.status_code == 403, response.text
     assert uploads(api) == []
+
+
+def test_an_upload_the_last_daemon_did_not_finish_is_removed_at_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    uploads = data / "import" / "uploads"
+    uploads.mkdir(parents=True)
+    (uploads / ".big.ova.upload-0123456789abcdef").write_bytes(b"half an OVA")
+    (uploads / "kept.ova").write_bytes(b"a whole one")
+    with contextlib.closing(open_api(data)) as opened:
+        next(opened)  # the server has started
+        assert sorted(p.name for p in uploads.iterdir()) == ["kept.ova"]

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -49,6 +50,7 @@ _REPORT_ID = re.compile(r"^[0-9a-f-]{1,64}$")
 # An uploaded OVA's name: plain (no path, no hidden file), and an .ova, the only package that is one file.
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.ova$")
 UPLOADS = "uploads"  # the import directory's subdirectory that uploads land in
+PARTIAL_UPLOAD = ".upload-"  # in the name of an upload still being received (hidden: .NAME.upload-RANDOM)
 PROGRESS_INTERVAL = 0.5  # seconds between progress records
 
 
@@ -112,9 +114,12 @@ class ImportService:
         directory = self.import_dir / UPLOADS
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True, mode=0o750)
         final = directory / name
+        if await asyncio.to_thread(os.path.lexists, final):
+            raise Conflict(f"{UPLOADS}/{name} exists already: import it by that path, or upload under another name")
+        incoming = directory / f".{name}{PARTIAL_UPLOAD}{secrets.token_hex(8)}"
         received = 0
-        with transfer.atomic_destination(final) as temp:  # Conflict when the name is taken
-            out = os.fdopen(await asyncio.to_thread(create_private, temp), "wb")
+        try:
+            out = os.fdopen(await asyncio.to_thread(create_private, incoming), "wb")
             try:
                 async for chunk in body:
                     received += len(chunk)
@@ -127,7 +132,20 @@ class ImportService:
                 await asyncio.to_thread(out.close)
             if length is not None and received != length:
                 raise InvalidSpec("body", f"received {received} bytes, the request declared {length}")
+            await asyncio.to_thread(_publish_upload, incoming, final)  # Conflict if the name was taken meanwhile
+        finally:
+            await asyncio.to_thread(_remove, incoming)
         return f"{UPLOADS}/{name}"
+
+    def remove_partial_uploads(self) -> list[str]:
+        """At start-up nothing is being received: uploads an earlier daemon did not finish are garbage."""
+        directory = self.import_dir / UPLOADS
+        if not directory.is_dir():
+            return []
+        partial = [p for p in directory.iterdir() if p.name.startswith(".") and PARTIAL_UPLOAD in p.name]
+        for path in partial:
+            _remove(path)
+        return [path.name for path in partial]
 
     # --- checks that fail fast ----------------------------------------------------------------------------
     def _check(self, plan: ImportPlan) -> None:
@@ -268,3 +286,13 @@ class ImportService:
             return await asyncio.to_thread(self._recover, intent)
 
         recovery.register(INTENT, recover)
+
+
+def _publish_upload(incoming: Path, final: Path) -> None:
+    """Give a received upload its name: synced, never replacing a file (disk work: run it off the event loop)."""
+    with transfer.atomic_destination(final) as temp:
+        os.replace(incoming, temp)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
