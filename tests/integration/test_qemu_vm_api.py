@@ -226,15 +226,17 @@ def test_qemu_gone_while_the_daemon_was_down_is_crashed_if_killed_and_stopped_if
 def test_a_full_disk_pauses_the_guest_until_space_is_freed_and_it_is_resumed(daemon: Daemon) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
-    small = daemon.data_dir / "small"
+    small = daemon.data_dir / "pools" / "small"  # pools in the data directory live under its pools/
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    # Room for the 64 MiB volume when it is made (a dir pool checks that), then only 8 MiB under it.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(small)], check=True)
     try:
         pool = daemon.call("POST", "/pools", json={"name": "small", "type": "dir", "path": str(small)})
         assert pool.status_code == 201, pool.text
-        disk = small / "data.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-        spec = {"name": "full", "memory": "192M", "disks": [{"path": str(disk), "format": "qcow2"}]}
+        daemon.ok("POST", "/pools/small/volumes", json={"name": "data", "size": 64 << 20, "format": "qcow2"})
+        subprocess.run(["mount", "-o", "remount,size=8m", str(small)], check=True)
+        disk = "small/data"
+        spec = {"name": "full", "memory": "192M", "disks": [{"volume": disk}]}
         assert daemon.call("POST", "/vms", json=spec).status_code == 201
         daemon.ok("POST", "/vms/full/start")
         daemon.wait_ready("full")

@@ -325,3 +325,8 @@ def test_an_ova_member_that_does_not_match_its_manifest_is_refused(root: Path, t
     staging.mkdir()
     convert_disk(ImportDir(root), read(root, rel).disks[0], tmp_path / "out2.qcow2", "qcow2", staging)
     assert (tmp_path / "out2.qcow2").is_file()
+
+
+def test_a_name_the_file_system_cannot_hold_is_a_clear_error(root: Path) -> None:
+    with pytest.raises(InvalidSpec, match="path"):  # was an OSError (ENAMETOOLONG): a 500 from the API
+        read_source(ImportDir(root), ImportDir(root).entry("0" * 1000))

@@ -194,6 +194,8 @@ class ImportDir:
                 mode = os.stat(last, dir_fd=dir_fd, follow_symlinks=False).st_mode
             except FileNotFoundError:
                 return "missing"
+            except OSError as exc:  # a name too long, a permission: said about the path, not a server error
+                raise self._open_error(rel, last, exc, rel or ".", "path") from None
             if stat.S_ISDIR(mode):
                 return "dir"
             return "file" if stat.S_ISREG(mode) else _kind(mode)
