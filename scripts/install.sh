@@ -15,7 +15,8 @@ packages=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 python3-ve
           syslinux syslinux-common mtools dosfstools lvm2 thin-provisioning-tools
           nftables dnsmasq-base iproute2)
 # chromium: the web UI's browser tests (Playwright drives this one; it never downloads a browser of its own).
-if [ -n "$extras" ]; then packages+=(chromium); fi
+# libvirt-daemon-system: the libvirt driver's tests start libvirtd by hand; libvirt-dev + pkg-config build libvirt-python.
+if [ -n "$extras" ]; then packages+=(chromium libvirt-daemon-system libvirt-dev pkg-config); fi
 # node + npm install the web UI's front-end libraries; a node from elsewhere (e.g. with its own npm) is fine.
 if ! command -v npm >/dev/null 2>&1; then packages+=(nodejs npm); fi
 missing=()

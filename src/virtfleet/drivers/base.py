@@ -19,14 +19,25 @@ from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What a driver can do on this host. Read before a job is submitted: an operation a driver cannot do is refused
+    up front (Unsupported, 501, naming the capability), never discovered half-way through a job. The field names
+    are the capability names users see."""
+
     pause: bool = True
     reboot: bool = True
     acpi_shutdown: bool = True
-    console: bool = True
+    console: bool = True  # serial console stream and its history
+    vnc: bool = True  # graphical console (display "vnc")
     disk_hotplug: bool = True  # q35 only: microvm has no hot-plug bus
     nic_hotplug: bool = True  # q35 only
-    snapshots: bool = True
+    link_state: bool = True  # set_link: plug or pull a NIC's virtual cable
+    snapshots: bool = True  # live external disk snapshots and merges (snapshot_disks, commit_disk, ...)
+    memory_snapshots: bool = True  # memory_snapshot: RAM and device state saved with the disks
+    kernel_boot: bool = True  # boot a kernel + initramfs (BootImage) rather than a disk
+    cloud_init: bool = True  # a NoCloud seed disk attached at start
+    usage: bool = True  # usage() counters for metrics
     live_migration: bool = False
+    machines: tuple[str, ...] = ("microvm", "q35")  # machine types this driver boots
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,12 @@ class Driver(Protocol):
         """The tail of the console history (kept by the host, so nothing is lost while nobody watches)."""
         ...
 
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        """Report state changes as the hypervisor announces them (QMP events, libvirt domain events, a QEMU that
+        exited): call `on_change(vm_id)` on the event loop whenever a domain's state may have changed. The caller
+        then reads that one domain with status(); polling list_domains() is only the slow fallback."""
+        ...
+
     async def close(self) -> None:
         """Release monitor connections; running domains keep running."""
         ...
@@ -221,6 +238,7 @@ class Driver(Protocol):
 _REGISTRY: dict[str, str] = {
     "qemu": "virtfleet.drivers.qemu.driver:QemuDriver",
     "fake": "virtfleet.drivers.fake:FakeDriver",
+    "libvirt": "virtfleet.drivers.libvirt.driver:LibvirtDriver",
 }
 
 

@@ -97,6 +97,7 @@ class FakeDriver:
 
     def __init__(self, config: DriverConfig) -> None:
         self.host = fake_host_for(config)
+        self._on_change: Callable[[str], None] = lambda vm_id: None
 
     def capabilities(self) -> Capabilities:
         return Capabilities()
@@ -323,6 +324,9 @@ class FakeDriver:
 
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         return bytes(self._domain(vm_id).console[-max_bytes:])
+
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        self._on_change = on_change
 
     async def close(self) -> None:
         return None

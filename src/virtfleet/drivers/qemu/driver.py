@@ -16,7 +16,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,7 @@ class QemuDriver:
         self._consoles: dict[str, asyncio.StreamWriter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._on_change: Callable[[str], None] = lambda vm_id: None
 
     # --- host ----------------------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -619,6 +620,9 @@ class QemuDriver:
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         paths = self._require_defined(vm_id)
         return read_tail(paths.console_log, max_bytes)
+
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        self._on_change = on_change
 
     async def close(self) -> None:
         for monitor in self._monitors.values():
