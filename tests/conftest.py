@@ -73,7 +73,8 @@ def tiny_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = os.environ.get("VIRTFLEET_TEST_IMAGE_DIR")
     dest = Path(cache) if cache else tmp_path_factory.mktemp("images") / "tiny"
     try:
-        if load_image(dest).stale:
+        built = load_image(dest)
+        if built.stale or built.efi_kernel is None:  # a cached image from before UEFI boot lacks its PE kernel
             build_tiny_image(dest)
     except Exception:
         build_tiny_image(dest)

@@ -14,13 +14,16 @@ from pydantic import ValidationError
 
 from virtfleet.drivers.base import BootImage
 from virtfleet.drivers.qemu.argv import build_argv
+from virtfleet.drivers.qemu.firmware import UefiFirmware
 from virtfleet.drivers.qemu.runtime import RunPaths
 from virtfleet.model.network import NetworkSpec
 from virtfleet.model.vm import DiskSpec, VmSpec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "argv"
 VM_ID = "0b5e8a9e-6f4a-4c1e-9d0e-3f1f2a7c9b11"
-BOOT = BootImage("tiny", Path("/img/tiny/vmlinux"), Path("/img/tiny/initramfs.cpio"), "console=ttyS0 quiet")
+BOOT = BootImage("tiny", Path("/img/tiny/vmlinux"), Path("/img/tiny/initramfs.cpio"), "console=ttyS0 quiet",
+                 Path("/img/tiny/vmlinuz"))
+UEFI = UefiFirmware(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd"), Path("/fw/60-edk2.json"))
 PATHS = RunPaths(Path("/run/vf") / VM_ID)
 
 CASES = {
@@ -52,6 +55,9 @@ CASES = {
         "tcg",
     ),
     "q35-vnc": (VmSpec(name="desk", machine="q35", display="vnc"), "tcg"),
+    "q35-uefi": (VmSpec(name="efi", machine="q35", firmware="uefi"), "tcg"),
+    "q35-uefi-disk-boot": (VmSpec(name="efidisk", machine="q35", firmware="uefi", image=None,
+                                  disks=[{"path": "/pools/default/efi.qcow2", "boot_index": 0}]), "tcg"),
     "microvm-disk": (VmSpec(name="m1", memory=128, disks=[{"path": "/pools/default/a.qcow2"}]), "tcg"),
 }
 
@@ -59,7 +65,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_argv_matches_golden(case: str) -> None:
     spec, accel = CASES[case]
-    argv = build_argv(VM_ID, spec, None if spec.image is None else BOOT, PATHS, accel=accel)
+    argv = build_argv(VM_ID, spec, None if spec.image is None else BOOT, PATHS, accel=accel, uefi=UEFI)
     golden = GOLDEN / f"{case}.txt"
     if os.environ.get("VIRTFLEET_UPDATE_GOLDEN"):
         golden.write_text("\n".join(argv) + "\n")
@@ -182,3 +188,21 @@ def test_vnc_listens_on_a_unix_socket_in_the_run_dir_only() -> None:
     for name in ("microvm-tcg", "q35-kvm-disks"):  # no display asked: no graphics card, no VNC server
         plain = build_argv(VM_ID, CASES[name][0], BOOT, PATHS, accel="tcg")
         assert "-vnc" not in plain and not any(a.startswith("VGA") for a in plain)
+
+
+def test_uefi_boots_the_pe_kernel_from_read_only_code_and_the_vms_own_variables() -> None:
+    argv = build_argv(VM_ID, CASES["q35-uefi"][0], BOOT, PATHS, accel="tcg", uefi=UEFI)
+    assert argv[argv.index("-machine") + 1] == "q35,pflash0=fw-code,pflash1=fw-vars"
+    assert argv[argv.index("-kernel") + 1] == "/img/tiny/vmlinuz"  # OVMF loads PE images, not the ELF vmlinux
+    nodes = {node["node-name"]: node for node in _blockdevs(argv)}
+    assert nodes["fw-code-file"] == {"driver": "file", "filename": "/fw/OVMF_CODE_4M.fd",
+                                     "node-name": "fw-code-file", "read-only": True}
+    assert nodes["fw-vars-file"]["filename"] == str(PATHS.uefi_vars)  # never the shared template
+    assert "read-only" not in nodes["fw-vars-file"] and nodes["fw-vars"]["driver"] == "raw"
+    bios = build_argv(VM_ID, CASES["q35-vnc"][0], BOOT, PATHS, accel="tcg", uefi=UEFI)
+    assert "pflash0" not in " ".join(bios) and bios[bios.index("-kernel") + 1] == "/img/tiny/vmlinux"
+
+
+def test_uefi_is_refused_on_microvm() -> None:
+    with pytest.raises(ValidationError, match="UEFI needs machine q35"):
+        VmSpec(name="m", firmware="uefi")

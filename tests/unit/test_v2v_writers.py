@@ -127,3 +127,14 @@ def test_what_is_written_reads_back_the_same(kind: str, tmp_path: Path) -> None:
     assert [nic.mac for nic in source.nics] == ["52:54:00:12:34:56", "52:54:00:12:34:57"]
     assert [nic.network for nic in source.nics] == ["lan", "dmz"]
     assert [disk.size for disk in source.disks] == [16 * MiB, 8 * MiB]
+
+
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_uefi_firmware_is_written_so_that_it_reads_back(kind: str, tmp_path: Path) -> None:
+    write, name = WRITERS[kind]
+    uefi = VM.model_copy(update={"firmware": "uefi"})
+    for vm, expected in ((uefi, "uefi"), (VM, "bios")):
+        (tmp_path / name).write_text(write(vm).replace('ovf:size="65536"', ""))
+        for disk in vm.disks:
+            make_disk(tmp_path / disk.file, "vmdk", disk.capacity, subformat="streamOptimized")
+        assert read_source(ImportDir(tmp_path), name).firmware == expected

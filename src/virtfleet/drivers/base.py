@@ -34,6 +34,7 @@ class Capabilities:
     snapshots: bool = True  # live external disk snapshots and merges (snapshot_disks, commit_disk, ...)
     memory_snapshots: bool = True  # memory_snapshot: RAM and device state saved with the disks
     kernel_boot: bool = True  # boot a kernel + initramfs (BootImage) rather than a disk
+    uefi: bool = True  # firmware "uefi": UEFI firmware is installed and the driver boots it
     cloud_init: bool = True  # a NoCloud seed disk attached at start
     usage: bool = True  # usage() counters for metrics
     live_migration: bool = False
@@ -83,6 +84,7 @@ class BootImage:
     kernel: Path
     initrd: Path
     cmdline: str
+    efi_kernel: Path | None = None  # the same kernel as UEFI firmware loads it (a PE image); None: none was built
 
 
 @dataclass(frozen=True)

@@ -106,4 +106,4 @@ class ImageCatalog:
         if built is None:
             return None
         parts = [default_cmdline(spec.machine, _host_khz()), f"virtfleet.hostname={spec.name}", spec.kernel_args]
-        return BootImage(built.name, built.kernel, built.initrd, " ".join(p for p in parts if p))
+        return BootImage(built.name, built.kernel, built.initrd, " ".join(p for p in parts if p), built.efi_kernel)

@@ -28,6 +28,8 @@ MANIFEST_FORMAT = 1
 # Bumped whenever what the guest does changes (modules, /etc/rc): an image built by an older virtfleet is stale.
 GUEST_VERSION = 4
 KERNEL_FILE = "vmlinux"
+# The same kernel as shipped (bzImage with its EFI stub): UEFI firmware loads PE images only, not an ELF vmlinux.
+EFI_KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initramfs.cpio"
 
 # Loaded in this order (each after its own dependencies from modules.dep).
@@ -64,6 +66,7 @@ class BuiltImage:
     initrd: Path
     kernel_release: str
     guest_version: int = GUEST_VERSION
+    efi_kernel: Path | None = None  # absent from images built before UEFI boot existed
 
     @property
     def stale(self) -> bool:
@@ -77,6 +80,7 @@ def write_manifest(dest: Path, *, name: str, kernel_release: str, guest_version:
         "name": name,
         "kernel": KERNEL_FILE,
         "initrd": INITRD_FILE,
+        **({"efi_kernel": EFI_KERNEL_FILE} if (dest / EFI_KERNEL_FILE).is_file() else {}),
         "kernel_release": kernel_release,
         "guest_version": guest_version,
     }
@@ -97,8 +101,11 @@ def load_image(path: Path) -> BuiltImage:
     for part in (kernel, initrd):
         if not part.is_file():
             raise ImageBuildError(f"image {path.name} is incomplete: {part.name} is missing")
+    efi_kernel = path / str(manifest["efi_kernel"]) if "efi_kernel" in manifest else None
+    if efi_kernel is not None and not efi_kernel.is_file():
+        raise ImageBuildError(f"image {path.name} is incomplete: {efi_kernel.name} is missing")
     return BuiltImage(str(manifest["name"]), kernel, initrd, str(manifest["kernel_release"]),
-                      int(manifest.get("guest_version", 0)))
+                      int(manifest.get("guest_version", 0)), efi_kernel)
 
 
 def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
@@ -362,6 +369,7 @@ def build_tiny_image(
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         (staging / KERNEL_FILE).write_bytes(vmlinux)
+        shutil.copyfile(bzimage, staging / EFI_KERNEL_FILE)
         (staging / INITRD_FILE).write_bytes(initramfs)
         write_manifest(staging, name=dest.name, kernel_release=release)
         os.chmod(staging, 0o700)  # private like the rest of the data directory (the host's kernel is inside)

@@ -38,7 +38,8 @@ CHUNK = 4 << 20
 
 def describe(vm: Vm, disks: list[ExportDisk]) -> ExportVm:
     nics = [ExportNic(mac=nic.mac, network=nic.network, model=nic.model) for nic in vm.spec.nics]
-    return ExportVm(name=vm.name, cpus=vm.spec.cpus, memory_mib=vm.spec.memory, disks=disks, nics=nics)
+    return ExportVm(name=vm.name, cpus=vm.spec.cpus, memory_mib=vm.spec.memory, disks=disks, nics=nics,
+                    firmware=vm.spec.firmware)
 
 
 def _sha256(path: Path) -> str:

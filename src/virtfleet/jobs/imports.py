@@ -247,7 +247,7 @@ class ImportService:
                  for planned, volume in zip(plan.disks, volumes, strict=True)]
         nics = [NicSpec(network=nic.network or "", model=nic.model, mac=nic.mac) for nic in plan.nics]
         return VmSpec(name=plan.name, cpus=plan.cpus, memory=plan.memory_mib, machine="q35", image=None, disks=disks,
-                      nics=nics)
+                      nics=nics, firmware=plan.firmware)
 
     # --- reports ------------------------------------------------------------------------------------------
     def _save_report(self, report: ImportReport) -> None:

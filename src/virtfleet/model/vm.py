@@ -158,6 +158,9 @@ class VmFields(BaseModel, Generic[DiskT]):
     display: Literal["none", "vnc"] = Field(
         default="none", description="vnc: a graphics card and a VNC server (q35 only), reached through the API"
     )
+    firmware: Literal["bios", "uefi"] = Field(
+        default="bios", description="uefi: UEFI firmware with a variable store of the VM's own (q35 only)"
+    )
 
     @field_validator("nics")
     @classmethod
@@ -181,6 +184,13 @@ class VmFields(BaseModel, Generic[DiskT]):
     def _display_needs_q35(cls, value: str, info: ValidationInfo) -> str:
         if value != "none" and info.data.get("machine") == "microvm":
             raise ValueError("a graphical console needs machine q35: microvm has no graphics card")
+        return value
+
+    @field_validator("firmware")
+    @classmethod
+    def _firmware_needs_q35(cls, value: str, info: ValidationInfo) -> str:
+        if value != "bios" and info.data.get("machine") == "microvm":
+            raise ValueError("UEFI needs machine q35: microvm boots its kernel without firmware")
         return value
 
     @field_validator("kernel_args")

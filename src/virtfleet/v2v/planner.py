@@ -120,8 +120,8 @@ def make_plan(source: SourceVm, options: PlanOptions) -> ImportPlan:
     if memory > MAX_MEMORY_MIB:
         problems.append(f"memory: {memory} MiB is more than virtfleet's limit of {MAX_MEMORY_MIB} MiB")
     if source.firmware == "uefi":
-        warnings.append("firmware: the VM booted with UEFI; virtfleet boots VMs with BIOS (SeaBIOS) only for now, so "
-                        "a guest installed for UEFI will not boot until its boot loader is converted to BIOS")
+        warnings.append("firmware: UEFI is kept, with a new, empty variable store: the guest's own boot entries are "
+                        "not carried over, so its firmware boots the disk's default loader (\\EFI\\BOOT\\BOOTX64.EFI)")
     if not source.disks:
         problems.append("disks: the VM has no disk to import")
     if len(source.disks) > MAX_DISKS:

@@ -50,6 +50,7 @@ class ExportVm(BaseModel):
     memory_mib: int = Field(ge=1)
     disks: list[ExportDisk]
     nics: list[ExportNic] = Field(default_factory=list)
+    firmware: Literal["bios", "uefi"] = "bios"
 
 
 def _q(ns: str, tag: str) -> str:
@@ -96,6 +97,9 @@ def ovf(vm: ExportVm) -> str:
     for name, value in (("ElementName", "Virtual Hardware Family"), ("InstanceID", "0"),
                         ("VirtualSystemIdentifier", vm.name), ("VirtualSystemType", "vmx-10 virtualbox-2.2")):
         ET.SubElement(system_data, _q(VSSD, name)).text = value
+    if vm.firmware == "uefi":  # VMware's own key; VirtualBox and oVirt read it too
+        ET.SubElement(hardware, _q(VMW, "Config"), {_q(OVF, "required"): "false", _q(VMW, "key"): "firmware",
+                                                    _q(VMW, "value"): "efi"})
     _rasd(hardware, {"AllocationUnits": "hertz * 10^6", "Description": "Number of Virtual CPUs",
                      "ElementName": f"{vm.cpus} virtual CPU(s)", "InstanceID": "1", "ResourceType": "3",
                      "VirtualQuantity": str(vm.cpus)})
@@ -136,6 +140,8 @@ def vmx(vm: ExportVm) -> str:
     values = [(".encoding", "UTF-8"), ("config.version", "8"), ("virtualHW.version", "10"),
               ("displayName", vm.name), ("guestOS", "other-64"), ("numvcpus", str(vm.cpus)),
               ("memsize", str(vm.memory_mib)), ("scsi0.present", "TRUE"), ("scsi0.virtualDev", "lsilogic")]
+    if vm.firmware == "uefi":
+        values.append(("firmware", "efi"))
     for index, disk in enumerate(vm.disks):
         slot = f"scsi0:{_scsi_unit(index)}"
         values += [(f"{slot}.present", "TRUE"), (f"{slot}.fileName", disk.file),
@@ -162,6 +168,7 @@ def xl(vm: ExportVm) -> str:
                       f"model={'e1000' if nic.model == 'e1000' else 'virtio-net'}"])
             for nic in vm.nics]
     lines = [f"name = {_xl_string(vm.name)}", 'type = "hvm"', f"memory = {vm.memory_mib}", f"vcpus = {vm.cpus}",
+             *(['bios = "ovmf"'] if vm.firmware == "uefi" else []),
              "disk = [ " + ", ".join(_xl_string(disk) for disk in disks) + " ]",
              "vif = [ " + ", ".join(_xl_string(vif) for vif in vifs) + " ]"]
     return "# written by virtfleet export\n" + "\n".join(lines) + "\n"
@@ -172,7 +179,7 @@ def libvirt(vm: ExportVm) -> str:
     ET.SubElement(domain, "name").text = vm.name
     ET.SubElement(domain, "memory", {"unit": "MiB"}).text = str(vm.memory_mib)
     ET.SubElement(domain, "vcpu").text = str(vm.cpus)
-    os_element = ET.SubElement(domain, "os")
+    os_element = ET.SubElement(domain, "os", {"firmware": "efi"} if vm.firmware == "uefi" else {})
     ET.SubElement(os_element, "type", {"arch": "x86_64", "machine": "q35"}).text = "hvm"
     ET.SubElement(os_element, "boot", {"dev": "hd"})
     features = ET.SubElement(domain, "features")

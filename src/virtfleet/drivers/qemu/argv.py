@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from virtfleet.drivers.base import BootImage
+from virtfleet.drivers.qemu.firmware import UefiFirmware
 from virtfleet.drivers.qemu.runtime import RunPaths
 from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec
@@ -22,7 +23,25 @@ def _machine(spec: VmSpec) -> str:
     if spec.machine == "microvm":
         # rtc is needed by the guest clock; ACPI stays on for the power button (shutdown relies on it).
         return "microvm,rtc=on,acpi=on"
+    if spec.firmware == "uefi":
+        return "q35,pflash0=fw-code,pflash1=fw-vars"
     return "q35"
+
+
+def _firmware_args(spec: VmSpec, uefi: UefiFirmware | None, paths: RunPaths) -> list[str]:
+    if spec.firmware != "uefi":
+        return []
+    if uefi is None:
+        raise ValueError("firmware uefi needs the UEFI firmware: the caller finds it first")
+    # Both flash chips are block nodes opened explicitly as raw: nothing is probed, the code is read-only and
+    # the variable store is the VM's own copy.
+    nodes = [
+        {"driver": "file", "filename": str(uefi.code), "node-name": "fw-code-file", "read-only": True},
+        {"driver": "raw", "file": "fw-code-file", "node-name": "fw-code", "read-only": True},
+        {"driver": "file", "filename": str(paths.uefi_vars), "node-name": "fw-vars-file"},
+        {"driver": "raw", "file": "fw-vars-file", "node-name": "fw-vars"},
+    ]
+    return [arg for node in nodes for arg in ("-blockdev", json.dumps(node, separators=(",", ":")))]
 
 
 HOTPLUG_PORTS = 4  # free PCIe root ports on q35: a device can only be hot-plugged into an empty port
@@ -154,7 +173,8 @@ def _display_args(spec: VmSpec, paths: RunPaths) -> list[str]:
 
 
 def build_argv(
-    vm_id: str, spec: VmSpec, boot: BootImage | None, paths: RunPaths, *, accel: str, binary: str = "qemu-system-x86_64"
+    vm_id: str, spec: VmSpec, boot: BootImage | None, paths: RunPaths, *, accel: str,
+    binary: str = "qemu-system-x86_64", uefi: UefiFirmware | None = None,
 ) -> list[str]:
     argv = [
         binary,
@@ -175,8 +195,12 @@ def build_argv(
         f"socket,id=serial0,path={_opt(paths.console)},server=on,wait=off,logfile={_opt(paths.console_log)},logappend=on",
         "-serial", "chardev:serial0",
     ]
+    argv += _firmware_args(spec, uefi, paths)
     if boot is not None:
-        argv += ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
+        kernel = boot.efi_kernel if spec.firmware == "uefi" else boot.kernel
+        if kernel is None:
+            raise ValueError(f"image {boot.name} has no kernel UEFI firmware can load: the caller checks first")
+        argv += ["-kernel", str(kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
     if spec.machine == "q35":
         for port in range(HOTPLUG_PORTS):
             argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1}"]

@@ -45,6 +45,7 @@ from virtfleet.drivers.qemu.argv import (
     nic_forwards,
     nic_netdev,
 )
+from virtfleet.drivers.qemu.firmware import UefiFirmware, find_uefi
 from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
 from virtfleet.drivers.qemu.runtime import (
     RunPaths,
@@ -55,7 +56,7 @@ from virtfleet.drivers.qemu.runtime import (
     trim_log,
     write_record,
 )
-from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
+from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound, OperationTimeout, Unsupported
 from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
@@ -155,11 +156,31 @@ class QemuDriver:
 
     # --- host ----------------------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
-        return Capabilities()
+        return Capabilities(uefi=self.uefi is not None)
 
     @cached_property
     def kvm(self) -> KvmProbe:
         return probe_kvm()
+
+    @cached_property
+    def uefi(self) -> UefiFirmware | None:
+        return find_uefi()
+
+    def _uefi_for(self, spec: VmSpec, boot: BootImage | None, paths: RunPaths) -> UefiFirmware | None:
+        """The firmware a UEFI spec boots, with the VM's own variable store made from the template once."""
+        if spec.firmware != "uefi":
+            return None
+        if self.uefi is None:
+            raise Unsupported("no UEFI firmware is installed (Debian: apt-get install ovmf)")
+        if boot is not None and boot.efi_kernel is None:
+            raise InvalidSpec("firmware", f"image '{boot.name}' was built without a kernel UEFI can load; "
+                                          f"rebuild it: virtfleet image build {boot.name}")
+        if not paths.uefi_vars.exists():
+            partial = paths.uefi_vars.with_suffix(".partial")
+            shutil.copyfile(self.uefi.vars_template, partial)
+            partial.chmod(0o600)
+            partial.replace(paths.uefi_vars)  # never a half-copied store: a VM would lose its boot entries
+        return self.uefi
 
     def _require_binary(self) -> str:
         path = shutil.which(self.binary)
@@ -341,7 +362,8 @@ class QemuDriver:
                 log.warning("vm %s: %s", spec.name, warning)
             for stale in paths.transient():
                 stale.unlink(missing_ok=True)
-            argv = build_argv(vm_id, spec, boot, paths, accel=accel, binary=binary)
+            uefi = await asyncio.to_thread(self._uefi_for, spec, boot, paths)
+            argv = build_argv(vm_id, spec, boot, paths, accel=accel, binary=binary, uefi=uefi)
             if restore is not None:
                 argv += ["-loadvm", restore]  # resume the saved RAM and devices instead of booting
             # The console history spans boots; a separator lets readers find where this boot starts.

@@ -9,6 +9,7 @@
                       console.sock  serial console (one client at a time)
                       console.log   everything the serial console printed, trimmed like a ring
                       vnc.sock      graphical console (RFB), when the spec asks for a display
+                      uefi-vars.fd  the VM's own UEFI variable store (boot entries), kept across boots
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class RunPaths:
     @property
     def console_log(self) -> Path:
         return self.root / "console.log"
+
+    @property
+    def uefi_vars(self) -> Path:
+        return self.root / "uefi-vars.fd"
 
     def transient(self) -> list[Path]:
         """What a previous run leaves behind and the next start must not trust."""
