@@ -4,12 +4,24 @@
     .venv/bin/python bench/boot.py [--rounds 5] [--vms 10] [--json-out bench/results/boot.json] [--keep]
 
 1. Boot latency. A `virtfleet serve` runs as a subprocess on a free port with a throw-away data directory under /tmp
-   (short, so the unix sockets in the run directory stay under 108 bytes). Each virtfleet round creates a fresh VM
-   (256M, accel tcg) through the REST API and times POST /vms/{name}/start until GET /vms/{name}/logs shows the
-   guest's readiness line, polling every 20 ms; the VM is then shut down and deleted. Each raw round re-runs the argv
-   virtfleet recorded in the warm-up VM's runtime.json, with a fresh run directory and uuid and without -daemonize
-   and -pidfile, and times process spawn until the marker appears in its console log. Rounds alternate
-   virtfleet / raw after one uncounted warm-up of each.
+   (short, so the unix sockets in the run directory stay under 108 bytes). Both sides learn that the guest is up the
+   same way: by following its serial console as a byte stream, with no polling of anything.
+   - virtfleet: a fresh VM per round (256M, accel tcg) created through the REST API; timed from
+     POST /vms/{name}/start until the readiness line arrives on the console WebSocket /vms/{name}/console, as a
+     client follows a boot: it waits for the start job (long-poll GET /jobs/{id}?wait=, answered when the job
+     ends), attaches the WebSocket (bearer token), reads GET /vms/{name}/logs once for what the guest printed
+     before it attached, then reads frames. The VM is then shut down (ACPI) and deleted.
+   - raw: the argv virtfleet recorded in the warm-up VM's runtime.json, byte for byte except a fresh run directory
+     and uuid and without -daemonize and -pidfile (so its serial is the same unix-socket server chardev with a
+     logfile); timed from process spawn until the readiness line arrives on that console.sock, which the bench
+     connects to as soon as QEMU listens, then reads console.log once for what came before, then reads the
+     socket. QEMU is then stopped with SIGTERM.
+   Costs alike: each side attaches a stream once, reads the history once, and is then woken by the kernel when
+   bytes arrive; nothing is polled during the boot (the raw side retries connect() every 2 ms until QEMU's socket
+   exists, which only decides when it attaches: the readiness line comes seconds later, on the stream). What
+   virtfleet adds is real client cost: the API call, the job, the WebSocket handshake and the relay by serve.
+   After one uncounted warm-up of each, --rounds rounds in ABBA order: virtfleet first in odd rounds, raw first in
+   even ones. Each side runs in its own processes (serve + its QEMU; the raw QEMU), the bench client in this one.
 2. Memory. RSS (VmRSS) of the serve process idle, then with --vms tiny VMs (128M) running and READY, and the QEMU
    RSS per VM. All VMs are then stopped and deleted.
 
@@ -23,12 +35,13 @@ import argparse
 import contextlib
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +49,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from common import (
     BenchError,
@@ -67,7 +82,8 @@ from virtfleet.client import ApiError, Client
 from virtfleet.config import Settings
 from virtfleet.images.tiny import READY_MARKER, build_tiny_image
 
-POLL = 0.020  # boot latency poll interval (seconds), virtfleet and raw alike
+CONNECT_RETRY = 0.002  # raw side: seconds between connect() tries until QEMU listens on console.sock
+ATTACH_TIMEOUT = 15.0
 FLEET_POLL = 0.25  # the memory phase only needs "all ready", not a precise time
 BOOT_TIMEOUT = 60.0
 JOB_TIMEOUT = 60.0
@@ -78,11 +94,90 @@ console = Console(width=None if sys.stdout.isatty() else 110)
 # --- small helpers ------------------------------------------------------------------------------------------------
 
 
-def file_has_marker(path: Path) -> bool:
+class ConsoleFollower:
+    """What a console stream has delivered, and when the readiness line first arrived.
+
+    `history` is one read of the console log made right after attaching (what the guest printed before); the
+    stream holds everything from the attach on. The marker is looked for in both, and across the seam."""
+
+    def __init__(self, history: str) -> None:
+        self.history = history
+        self.stream = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.stream += data
+
+    @property
+    def text(self) -> str:
+        return self.history + self.stream.decode(errors="replace")
+
+    def ready(self) -> bool:
+        return READY_MARKER in self.text
+
+
+def ws_console_url(base: str, name: str) -> str:
+    return f"ws://{base.split('://', 1)[1]}/api/v1/vms/{name}/console"
+
+
+@contextlib.contextmanager
+def attached_ws(base: str, name: str, token: str) -> Iterator[ClientConnection]:
+    """The console WebSocket, opened as the CLI opens it; BenchError with the server's reason if it refuses."""
+    with connect(ws_console_url(base, name), open_timeout=ATTACH_TIMEOUT, max_size=None,
+                 additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        try:
+            first = ws.recv(timeout=ATTACH_TIMEOUT)  # {"type": "attached"}, or a close with the reason
+        except (ConnectionClosed, TimeoutError) as exc:
+            raise BenchError(f"console of {name}: not attached ({exc})") from exc
+        if not isinstance(first, str) or '"attached"' not in first:
+            raise BenchError(f"console of {name}: unexpected first frame {first!r}")
+        yield ws
+
+
+def follow_ws(ws: ClientConnection, follower: ConsoleFollower, deadline: float) -> None:
+    """Read console frames until the readiness line has arrived (text frames are control messages)."""
+    while not follower.ready():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        data = ws.recv(timeout=left)
+        if isinstance(data, bytes):
+            follower.feed(data)
+
+
+def attach_unix(path: Path, proc: subprocess.Popen[bytes], deadline: float) -> socket.socket:
+    """Connect to a QEMU's console socket once it listens (QEMU creates it while it starts)."""
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        if proc.poll() is not None:
+            raise BenchError(f"raw QEMU exited with {proc.returncode} before its console socket was there")
+        if time.monotonic() > deadline:
+            raise BenchError(f"raw QEMU: no console socket {path} within {ATTACH_TIMEOUT:g}s")
+        time.sleep(CONNECT_RETRY)
+
+
+def follow_unix(sock: socket.socket, follower: ConsoleFollower, deadline: float) -> None:
+    """Read the console socket until the readiness line has arrived."""
+    while not follower.ready():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        data = sock.recv(65536)
+        if not data:
+            raise BenchError("raw QEMU closed its console before the readiness line")
+        follower.feed(data)
+
+
+def read_text(path: Path) -> str:
     try:
-        return READY_MARKER.encode() in path.read_bytes()
-    except OSError:
-        return False
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def ready_line(text: str) -> str:
@@ -142,45 +237,43 @@ class Bench:
     def virtfleet_boot(self, name: str, *, keep_template: bool = False) -> dict[str, Any]:
         vm = self.client.post("/vms", json={"name": name, "memory": "256M", "accel": "tcg"})
         vm_id = str(vm["id"])
-        console_log = self.settings.run_dir / vm_id / "console.log"
+        token = self.serve.token()
         serve_cpu0, client_cpu0 = proc_cpu_s(self.serve.pid) or 0.0, time.process_time()
         t0 = time.perf_counter()
+        deadline = time.monotonic() + BOOT_TIMEOUT
         job = self.client.post(f"/vms/{name}/start")
         t_posted = time.perf_counter() - t0
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        polls = 0
-        t_file: float | None = None  # diagnostic: when the marker reached console.log, seen from the same loop
-        while True:
-            if t_file is None and file_has_marker(console_log):
-                t_file = time.perf_counter() - t0
-            text = self.logs(name)
-            polls += 1
-            if READY_MARKER in text:
-                t_ready = time.perf_counter() - t0
-                break
-            if time.monotonic() > deadline:
+        start_job = self.wait_ok(job, f"start {name}")  # long-poll: answered when the job ends
+        t_running = time.perf_counter() - t0
+        with attached_ws(self.serve.url, name, token) as ws:
+            t_attached = time.perf_counter() - t0
+            follower = ConsoleFollower(self.logs(name))
+            try:
+                follow_ws(ws, follower, deadline)
+            except (TimeoutError, ConnectionClosed) as exc:
                 self.serve.check_alive()
                 state = self.client.get(f"/vms/{name}")
-                raise BenchError(f"vm {name}: no {READY_MARKER} within {BOOT_TIMEOUT:g}s (state {state['state']}: "
-                                 f"{state['state_reason']}); console ends with: {text[-300:]!r}")
-            time.sleep(POLL)
+                raise BenchError(f"vm {name}: no {READY_MARKER} on the console within {BOOT_TIMEOUT:g}s ({exc!r}; "
+                                 f"state {state['state']}: {state['state_reason']}); it ends with: "
+                                 f"{follower.text[-300:]!r}") from exc
+            t_ready = time.perf_counter() - t0
+        text = follower.text
         serve_cpu = (proc_cpu_s(self.serve.pid) or 0.0) - serve_cpu0
         client_cpu = time.process_time() - client_cpu0
         record = self.runtime_record(vm_id)
         pid = int(record["pid"])
         qemu_cpu = proc_cpu_s(pid)
-        start_job = self.wait_ok(job, f"start {name}")
         if record.get("accel") != "tcg":
             raise BenchError(f"vm {name} runs with accel {record.get('accel')!r}, expected tcg")
         sample: dict[str, Any] = {
             "name": name,
             "vm_id": vm_id,
             "ready_s": t_ready,
-            # The marker was in console.log by then; None when it reached the file and the API in the same poll.
-            "marker_in_file_s": t_file,
             "start_post_s": t_posted,
             "start_job_s": job_seconds(start_job),
-            "polls": polls,
+            "running_s": t_running,  # the start job seen done
+            "attached_s": t_attached,  # the console WebSocket attached
+            "marker_in_history": READY_MARKER in follower.history,  # False: it came on the stream
             "serve_cpu_s": serve_cpu,
             "bench_client_cpu_s": client_cpu,
             "qemu_pid": pid,
@@ -209,24 +302,26 @@ class Bench:
         log_path = root / "console.log"
         stderr_path = root / "qemu.stderr"
         t0 = time.perf_counter()
+        deadline = time.monotonic() + BOOT_TIMEOUT
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
         self.raw_procs.append(proc)
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        text = ""
-        polls = 0
-        while True:
-            with contextlib.suppress(FileNotFoundError):
-                text = log_path.read_text(errors="replace")
-            polls += 1
-            if READY_MARKER in text:
-                t_ready = time.perf_counter() - t0
-                break
-            if proc.poll() is not None:
-                raise BenchError(f"raw QEMU exited with {proc.returncode}: {stderr_path.read_text()[-500:]}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"raw QEMU: no {READY_MARKER} within {BOOT_TIMEOUT:g}s; log ends {text[-300:]!r}")
-            time.sleep(POLL)
+        sock = attach_unix(root / "console.sock", proc, time.monotonic() + ATTACH_TIMEOUT)
+        try:
+            t_attached = time.perf_counter() - t0
+            follower = ConsoleFollower(read_text(log_path))
+            try:
+                follow_unix(sock, follower, deadline)
+            except (TimeoutError, OSError, BenchError) as exc:
+                if proc.poll() is not None:
+                    raise BenchError(f"raw QEMU exited with {proc.returncode}: "
+                                     f"{stderr_path.read_text()[-500:]}") from exc
+                raise BenchError(f"raw QEMU: no {READY_MARKER} on the console within {BOOT_TIMEOUT:g}s ({exc!r}); "
+                                 f"it ends with {follower.text[-300:]!r}") from exc
+            t_ready = time.perf_counter() - t0
+        finally:
+            sock.close()
+        text = follower.text
         rss = proc_memory(proc.pid)
         qemu_cpu = proc_cpu_s(proc.pid)
         t1 = time.perf_counter()
@@ -236,7 +331,8 @@ class Bench:
         return {
             "index": index,
             "ready_s": t_ready,
-            "polls": polls,
+            "attached_s": t_attached,  # connected to console.sock
+            "marker_in_history": READY_MARKER in follower.history,
             "qemu_pid": proc.pid,
             "qemu_cpu_s_at_ready": qemu_cpu,
             "qemu_memory_kib_at_ready": rss,
@@ -245,7 +341,8 @@ class Bench:
         }
 
     def boot_latency(self, progress: Callable[[str], None]) -> None:
-        boot: dict[str, Any] = {"poll_interval_s": POLL, "virtfleet": [], "raw": [], "warmup": {}}
+        boot: dict[str, Any] = {"readiness": "console stream (WebSocket / console.sock)", "order": "ABBA",
+                                "virtfleet": [], "raw": [], "warmup": {}}
         self.results["boot"] = boot
         progress("warm-up: virtfleet boot (records the argv template)")
         boot["warmup"]["virtfleet"] = self.virtfleet_boot("warmup", keep_template=True)
@@ -254,23 +351,28 @@ class Bench:
         boot["warmup"]["raw"] = self.raw_boot("warmup")
         boot["raw_argv_example"] = self.raw_argv(self.settings.data_dir / "raw" / "N", "<fresh-uuid>")
         for i in range(1, self.rounds + 1):
-            sample = self.virtfleet_boot(f"boot-{i}")
-            boot["virtfleet"].append(sample)
-            raw = self.raw_boot(i)
-            boot["raw"].append(raw)
-            progress(f"round {i}/{self.rounds}: virtfleet {sample['ready_s']:.3f}s, raw {raw['ready_s']:.3f}s")
+            order = ("virtfleet", "raw") if i % 2 else ("raw", "virtfleet")  # ABBA: virtfleet first in odd rounds
+            for side in order:
+                sample = self.virtfleet_boot(f"boot-{i}") if side == "virtfleet" else self.raw_boot(i)
+                sample.update(round=i, first=side == order[0])
+                boot[side].append(sample)
+            progress(f"round {i}/{self.rounds} ({' then '.join(order)}): virtfleet "
+                     f"{boot['virtfleet'][-1]['ready_s']:.3f}s, raw {boot['raw'][-1]['ready_s']:.3f}s")
         vf = summary([s["ready_s"] for s in boot["virtfleet"]])
         raw_s = summary([s["ready_s"] for s in boot["raw"]])
         boot["summary"] = {
             "virtfleet_ready_s": vf,
             "raw_ready_s": raw_s,
             "ratio_median": vf["median"] / raw_s["median"],
+            "ratio_per_round": summary([v["ready_s"] / r["ready_s"]
+                                        for v, r in zip(boot["virtfleet"], boot["raw"], strict=True)]),
             "overhead_median_s": vf["median"] - raw_s["median"],
             "virtfleet_start_job_s": summary([s["start_job_s"] for s in boot["virtfleet"] if s["start_job_s"]]),
             "virtfleet_start_post_s": summary([s["start_post_s"] for s in boot["virtfleet"]]),
             "virtfleet_shutdown_s": summary([s["down_s"] for s in boot["virtfleet"]]),
-            "virtfleet_marker_in_file_s": summary(
-                [s["marker_in_file_s"] for s in boot["virtfleet"] if s["marker_in_file_s"] is not None]),
+            "virtfleet_running_s": summary([s["running_s"] for s in boot["virtfleet"]]),
+            "virtfleet_attached_s": summary([s["attached_s"] for s in boot["virtfleet"]]),
+            "raw_attached_s": summary([s["attached_s"] for s in boot["raw"]]),
             "virtfleet_serve_cpu_s": summary([s["serve_cpu_s"] for s in boot["virtfleet"]]),
             "virtfleet_qemu_cpu_s": summary(
                 [s["qemu_cpu_s_at_ready"] for s in boot["virtfleet"] if s["qemu_cpu_s_at_ready"] is not None]),
@@ -395,16 +497,18 @@ def render(results: dict[str, Any]) -> None:
                   f"virtfleet {facts['virtfleet_version']}, Python {facts['python']}")
     boot = results.get("boot", {}).get("summary")
     if boot:
-        table = Table(title=f"Boot to {READY_MARKER} (seconds, {results['config']['rounds']} rounds each, "
-                      f"poll {POLL * 1000:.0f} ms)")
-        for column in ("", "median", "min", "max", "mean"):
+        table = Table(title=f"Boot to {READY_MARKER} (seconds, {results['config']['rounds']} rounds each, ABBA; "
+                      "both followed on the console stream)")
+        for column in ("", "median", "min", "max", "mean", "stdev"):
             table.add_column(column, justify="left" if not column else "right")
         rows = [
-            ("virtfleet (POST start -> marker in /logs)", boot["virtfleet_ready_s"]),
-            ("raw QEMU (spawn -> marker in console.log)", boot["raw_ready_s"]),
-            ("  virtfleet, marker already in console.log", boot["virtfleet_marker_in_file_s"]),
-            ("  virtfleet start job (server side)", boot["virtfleet_start_job_s"]),
+            ("virtfleet (POST start -> marker on the WebSocket)", boot["virtfleet_ready_s"]),
+            ("raw QEMU (spawn -> marker on console.sock)", boot["raw_ready_s"]),
             ("  virtfleet POST /start round trip", boot["virtfleet_start_post_s"]),
+            ("  virtfleet start job (server side)", boot["virtfleet_start_job_s"]),
+            ("  virtfleet start job seen done (client)", boot["virtfleet_running_s"]),
+            ("  virtfleet console WebSocket attached", boot["virtfleet_attached_s"]),
+            ("  raw console.sock connected", boot["raw_attached_s"]),
             ("  virtfleet ACPI shutdown (job wait)", boot["virtfleet_shutdown_s"]),
             ("  CPU: serve process during a virtfleet boot", boot["virtfleet_serve_cpu_s"]),
             ("  CPU: QEMU at READY, virtfleet", boot["virtfleet_qemu_cpu_s"]),
@@ -412,10 +516,13 @@ def render(results: dict[str, Any]) -> None:
         ]
         for label, stats in rows:
             if stats:
-                table.add_row(label, _s(stats["median"]), _s(stats["min"]), _s(stats["max"]), _s(stats["mean"]))
+                table.add_row(label, *(_s(stats[key]) for key in ("median", "min", "max", "mean", "stdev")))
         table.add_row("[bold]ratio virtfleet / raw (medians)[/bold]", f"[bold]{boot['ratio_median']:.3f}[/bold]",
-                      "", "", "")
-        table.add_row("overhead (difference of medians)", _s(boot["overhead_median_s"]), "", "", "")
+                      "", "", "", "")
+        per_round = boot["ratio_per_round"]
+        table.add_row("  ratio per round (virtfleet / raw of the same round)",
+                      *(f"{per_round[key]:.3f}" for key in ("median", "min", "max", "mean", "stdev")))
+        table.add_row("overhead (difference of medians)", _s(boot["overhead_median_s"]), "", "", "", "")
         console.print(table)
     mem = results.get("memory", {}).get("summary")
     if mem:
@@ -454,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     progress = progress_printer(console, started)
 
-    results = new_results("boot", {"rounds": args.rounds, "vms": args.vms, "poll_interval_s": POLL})
+    results = new_results("boot", {"rounds": args.rounds, "vms": args.vms, "order": "ABBA",
+                                   "readiness": "console stream"})
     with data_dir("vfb-", args.keep, console) as path:
         settings = Settings.from_env(data_dir=path, driver="qemu", port=free_port())
         results["machine"] = machine_facts(settings.qemu_binary)
