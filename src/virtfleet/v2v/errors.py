@@ -16,3 +16,17 @@ class SourceError(InvalidSpec):
 
     def details(self) -> dict[str, object]:
         return {"field": self.field, "file": self.file}
+
+
+def whole_number(value: object, file: str, field: str, *, minimum: int) -> int:
+    """A field that must be a whole number of at least `minimum`, or the one clear error naming file and field."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise SourceError(file, field, "must be a whole number")
+    try:
+        number = int(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise SourceError(file, field, f"{str(value)[:40]!r} is not a whole number") from None
+    if number < minimum:
+        raise SourceError(file, field, f"{number} is negative" if minimum == 0 else f"{number} must be at least "
+                                                                                     f"{minimum}")
+    return number

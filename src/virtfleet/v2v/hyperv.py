@@ -14,7 +14,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from virtfleet.v2v import disks, vhd, xmlsafe
-from virtfleet.v2v.errors import SourceError
+from virtfleet.v2v.errors import SourceError, whole_number
 from virtfleet.v2v.files import ImportDir
 from virtfleet.v2v.model import Firmware, ImageFormat, Layer, SourceDisk, SourceNic, SourceVm
 from virtfleet.v2v.xmlsafe import child, local, text
@@ -39,13 +39,7 @@ def _path_text(element: ET.Element, *names: str) -> str | None:
 def _number(value: str | None, file: str, field: str, default: int) -> int:
     if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise SourceError(file, field, f"{value[:40]!r} is not a whole number") from None
-    if number < 1:
-        raise SourceError(file, field, f"{number} must be at least 1")
-    return number
+    return whole_number(value, file, field, minimum=1)
 
 
 def _controller(parents: list[ET.Element]) -> str:

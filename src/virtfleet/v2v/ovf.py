@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtfleet.v2v import disks
-from virtfleet.v2v.errors import SourceError
+from virtfleet.v2v.errors import SourceError, whole_number
 from virtfleet.v2v.model import Firmware, ImageFormat, SourceDisk, SourceKind, SourceNic, SourceVm
 from virtfleet.v2v.xmlsafe import attr, child, children, local, text
 
@@ -86,13 +86,7 @@ def _sections(parent: ET.Element, name: str) -> list[ET.Element]:
 def _number(value: str | None, file: str, field: str) -> int:
     if value is None:
         raise SourceError(file, field, "is missing")
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise SourceError(file, field, f"{value[:40]!r} is not a whole number") from None
-    if number < 0:
-        raise SourceError(file, field, f"{number} is negative")
-    return number
+    return whole_number(value, file, field, minimum=0)
 
 
 def _units(value: str | None, file: str, field: str, default: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from virtfleet.v2v import disks
-from virtfleet.v2v.errors import SourceError
+from virtfleet.v2v.errors import SourceError, whole_number
 from virtfleet.v2v.files import ImportDir
 from virtfleet.v2v.model import SourceDisk, SourceNic, SourceVm
 
@@ -68,13 +68,7 @@ def _int(values: dict[str, str], key: str, file: str, default: int | None) -> in
         if default is None:
             raise SourceError(file, key, "is missing")
         return default
-    try:
-        number = int(raw.strip())
-    except ValueError:
-        raise SourceError(file, key, f"{raw[:40]!r} is not a number") from None
-    if number < 1:
-        raise SourceError(file, key, f"{number} must be at least 1")
-    return number
+    return whole_number(raw, file, key, minimum=1)
 
 
 def _disk_name(name: str) -> str:

@@ -11,7 +11,7 @@ import ast
 import re
 
 from virtfleet.v2v import disks
-from virtfleet.v2v.errors import SourceError
+from virtfleet.v2v.errors import SourceError, whole_number
 from virtfleet.v2v.files import ImportDir
 from virtfleet.v2v.model import ImageFormat, SourceDisk, SourceNic, SourceVm
 
@@ -75,16 +75,7 @@ def _string(values: dict[str, Value], key: str, file: str) -> str | None:
 
 
 def _int(values: dict[str, Value], key: str, file: str, default: int) -> int:
-    value = values.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise SourceError(file, key, "must be a whole number")
-    try:
-        number = int(value)
-    except ValueError:
-        raise SourceError(file, key, f"{str(value)[:40]!r} is not a whole number") from None
-    if number < 1:
-        raise SourceError(file, key, f"{number} must be at least 1")
-    return number
+    return whole_number(values.get(key, default), file, key, minimum=1)
 
 
 def _strings(values: dict[str, Value], key: str, file: str) -> list[str]:
