@@ -3,7 +3,9 @@ size rules, no overwriting, nothing left by a refused or broken upload, and a dr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from tests.functional.conftest import Api, open_api
 from tests.v2v_stage import MiB, make_ova
+from virtfleet.jobs.runner import JobContext
 
 
 def uploads(api: Api) -> list[str]:
@@ -85,3 +88,56 @@ def test_an_upload_the_last_daemon_did_not_finish_is_removed_at_start(tmp_path: 
     with contextlib.closing(open_api(data)) as opened:
         next(opened)  # the server has started
         assert sorted(p.name for p in uploads.iterdir()) == ["kept.ova"]
+
+
+def test_uploads_are_listed_and_removed_by_name(api: Api, tmp_path: Path) -> None:
+    assert api.client.get("/api/v1/imports/uploads").json() == []
+    ova = make_ova(tmp_path / "vbox.ova")
+    assert api.client.put("/api/v1/imports/uploads/vbox.ova", content=ova.read_bytes()).status_code == 201
+    assert api.client.put("/api/v1/imports/uploads/b.ova", content=b"second").status_code == 201
+    (api.settings.import_dir / "uploads" / ".c.ova.upload-0123456789abcdef").write_bytes(b"being received")
+    viewer = api.headers_for("viewer")
+    listed = api.client.get("/api/v1/imports/uploads", headers=viewer).json()
+    assert [(u["name"], u["path"], u["size"]) for u in listed] == [("b.ova", "uploads/b.ova", 6),
+                                                                   ("vbox.ova", "uploads/vbox.ova", ova.stat().st_size)]
+    assert api.client.delete("/api/v1/imports/uploads/b.ova", headers=viewer).status_code == 403
+    assert api.client.delete("/api/v1/imports/uploads/b.ova").status_code == 204
+    assert uploads(api) == [".c.ova.upload-0123456789abcdef", "vbox.ova"]
+    missing = api.client.delete("/api/v1/imports/uploads/b.ova")
+    assert missing.status_code == 404, missing.text
+    bad = api.client.delete("/api/v1/imports/uploads/x.vmx")
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "name"
+
+
+def test_an_upload_cannot_be_removed_while_an_import_reads_it(api: Api, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    ova = make_ova(tmp_path / "vbox.ova")
+    assert api.client.put("/api/v1/imports/uploads/vbox.ova", content=ova.read_bytes()).status_code == 201
+    upload = api.settings.import_dir / "uploads" / "vbox.ova"
+    key = f"import-source:{upload.stat().st_dev}:{upload.stat().st_ino}"
+    runner = api.server.runner
+    taken: list[dict[str, str]] = []
+    submit = runner.submit
+    monkeypatch.setattr(runner, "submit", lambda *args, **kwargs: (taken.append(dict(kwargs.get("locks") or {})),
+                                                                   submit(*args, **kwargs))[1])
+    assert api.client.post("/api/v1/networks", json={"name": "lan", "mode": "user"}).status_code == 201
+    job = api.client.post("/api/v1/imports", json={"path": "uploads/./vbox.ova", "network_map": {"NAT": "lan"}})
+    assert job.status_code == 202, job.text
+    assert any(key in locks for locks in taken)  # the import locks the file it reads, however the path is spelled
+    assert api.wait(job.json())["status"] == "succeeded"
+
+    release = threading.Event()
+
+    async def hold(_context: JobContext) -> str:
+        await asyncio.to_thread(release.wait, 10)
+        return "released"
+
+    portal = api.client.portal
+    assert portal is not None
+    portal.call(lambda: submit("test.hold", key, "import source", hold))
+    try:
+        busy = api.client.delete("/api/v1/imports/uploads/vbox.ova")
+        assert busy.status_code == 409, busy.text
+        assert upload.exists()
+    finally:
+        release.set()

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from virtfleet.api.routes import ServerDep, accepted
 from virtfleet.jobs.exports import ExportFormat
 from virtfleet.model.job import Job
-from virtfleet.v2v.model import ImportPlan, ImportReport, ImportRequest
+from virtfleet.v2v.model import ImportPlan, ImportReport, ImportRequest, Upload
 
 router = APIRouter(tags=["v2v"])
 
@@ -45,6 +45,19 @@ async def upload_import(name: str, request: Request, server: ServerDep) -> Uploa
     path = await server.imports.upload(name, request.stream(),
                                        length=int(length) if length and length.isdigit() else None)
     return UploadOut(path=path)
+
+
+@router.get("/imports/uploads", response_model=list[Upload])
+async def list_uploads(server: ServerDep) -> list[Upload]:
+    """The OVAs uploaded into the import directory and not removed yet."""
+    return await server.imports.list_uploads()
+
+
+@router.delete("/imports/uploads/{name}", status_code=204)
+async def delete_upload(name: str, server: ServerDep) -> Response:
+    """Remove an uploaded OVA (refused while an import reads it)."""
+    await server.imports.delete_upload(name)
+    return Response(status_code=204)
 
 
 @router.get("/imports/{job_id}", response_model=ImportReport)

@@ -45,7 +45,7 @@ RULES: tuple[Rule, ...] = (
     # v2v: the admin decides what is in the import directory (and which host devices may be read); operators import
     # from it and export VMs into the export directory, as they create VMs and volumes.
     _rule("POST", r"/imports", Role.OPERATOR),
-    _rule("PUT", r"/imports/uploads/[^/]+", Role.OPERATOR),
+    _rule("PUT DELETE", r"/imports/uploads/[^/]+", Role.OPERATOR),
     _rule("POST", r"/vms/[^/]+/export", Role.OPERATOR),
     _rule("GET HEAD OPTIONS", r".*", Role.VIEWER),
     _rule("*", r".*", Role.OPERATOR),  # every change, and every WebSocket (they are all consoles)

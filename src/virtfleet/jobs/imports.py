@@ -17,8 +17,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from virtfleet import failpoints
@@ -34,11 +36,12 @@ from virtfleet.model.storage import Volume
 from virtfleet.model.vm import DiskSpec, VmSpec
 from virtfleet.private_files import create_private
 from virtfleet.storage import qemu_img, transfer
+from virtfleet.storage.identity import FileId, file_id
 from virtfleet.store.db import Database
 from virtfleet.store.intent_repo import Intent, IntentLog
 from virtfleet.v2v.convert import convert_disk
 from virtfleet.v2v.files import ImportDir
-from virtfleet.v2v.model import ImportedDisk, ImportPlan, ImportReport, ImportRequest
+from virtfleet.v2v.model import ImportedDisk, ImportPlan, ImportReport, ImportRequest, Upload
 from virtfleet.v2v.planner import PlanOptions, make_plan
 from virtfleet.v2v.sources import read_source
 
@@ -51,6 +54,7 @@ _REPORT_ID = re.compile(r"^[0-9a-f-]{1,64}$")
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.ova$")
 UPLOADS = "uploads"  # the import directory's subdirectory that uploads land in
 PARTIAL_UPLOAD = ".upload-"  # in the name of an upload still being received (hidden: .NAME.upload-RANDOM)
+DELETED_UPLOAD = ".deleted-"  # in the name of an upload being removed (hidden: .NAME.deleted-RANDOM)
 PROGRESS_INTERVAL = 0.5  # seconds between progress records
 
 
@@ -137,12 +141,39 @@ class ImportService:
             await asyncio.to_thread(_remove, incoming)
         return f"{UPLOADS}/{name}"
 
+    def _upload_path(self, name: str) -> Path:
+        if not _UPLOAD_NAME.match(name):
+            raise InvalidSpec("name", f"{name[:200]!r} is not a plain .ova file name (letters, digits, '.', '_', '-' "
+                                      "and ending in .ova)")
+        return self.import_dir / UPLOADS / name
+
+    async def list_uploads(self) -> list[Upload]:
+        """The OVAs uploaded and not removed, with their sizes (uploads still being received are not listed)."""
+        return await asyncio.to_thread(_list_uploads, self.import_dir / UPLOADS)
+
+    async def delete_upload(self, name: str) -> None:
+        """Remove an uploaded OVA; refused (Busy) while an import job reads it."""
+        path = self._upload_path(name)
+        identity = await asyncio.to_thread(file_id, path)
+        if identity is None or not await asyncio.to_thread(path.is_file):
+            raise NotFound("upload", name)
+        # No await between the check and the rename: no import can start reading it in between. The rename is
+        # cheap; freeing the blocks of a large file is not, so that happens off the loop.
+        self.runner.check_free(_source_key(identity), f"upload '{name}'")
+        doomed = path.with_name(f".{name}.deleted-{secrets.token_hex(8)}")
+        try:
+            path.rename(doomed)
+        except FileNotFoundError:
+            raise NotFound("upload", name) from None
+        await asyncio.to_thread(_remove, doomed)
+
     def remove_partial_uploads(self) -> list[str]:
         """At start-up nothing is being received: uploads an earlier daemon did not finish are garbage."""
         directory = self.import_dir / UPLOADS
         if not directory.is_dir():
             return []
-        partial = [p for p in directory.iterdir() if p.name.startswith(".") and PARTIAL_UPLOAD in p.name]
+        partial = [p for p in directory.iterdir()
+                   if p.name.startswith(".") and (PARTIAL_UPLOAD in p.name or DELETED_UPLOAD in p.name)]
         for path in partial:
             _remove(path)
         return [path.name for path in partial]
@@ -181,6 +212,9 @@ class ImportService:
         pool_name = plan.disks[0].pool
         refs = [f"{pool_name}/{disk.volume}" for disk in plan.disks]
         locks = {f"volume:{ref}": f"volume '{ref}'" for ref in refs}
+        source = await asyncio.to_thread(file_id, self.import_dir / request.path)
+        if source is not None:  # the file read, by identity: an upload cannot be deleted while it is imported
+            locks[_source_key(source)] = f"import source '{request.path}'"
 
         async def run(context: JobContext) -> str:
             return await asyncio.to_thread(self._run, plan, context)
@@ -292,6 +326,29 @@ def _publish_upload(incoming: Path, final: Path) -> None:
     """Give a received upload its name: synced, never replacing a file (disk work: run it off the event loop)."""
     with transfer.atomic_destination(final) as temp:
         os.replace(incoming, temp)
+
+
+def _source_key(identity: FileId) -> str:
+    return f"import-source:{identity[0]}:{identity[1]}"
+
+
+def _list_uploads(directory: Path) -> list[Upload]:
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    uploads = []
+    for path in entries:
+        if path.name.startswith(".") or not _UPLOAD_NAME.match(path.name):
+            continue
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue  # deleted while we looked
+        if stat.S_ISREG(info.st_mode):
+            uploads.append(Upload(name=path.name, path=f"{UPLOADS}/{path.name}", size=info.st_size,
+                                  modified=datetime.fromtimestamp(info.st_mtime, UTC)))
+    return uploads
 
 
 def _remove(path: Path) -> None:

@@ -7,6 +7,7 @@ Paths are relative to the import directory (POSIX), so a plan reads the same on 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -173,3 +174,12 @@ class ImportReport(BaseModel):
     nics: list[PlannedNic]
     warnings: list[str]
     plan: ImportPlan
+
+
+class Upload(BaseModel):
+    """An OVA uploaded into the import directory, waiting to be imported (or removed)."""
+
+    name: str
+    path: str = Field(description="what to import: the upload's path in the import directory")
+    size: int
+    modified: datetime
