@@ -38,6 +38,7 @@ class Console:
     """The guest's serial console (QEMU listens on a unix socket): run shell commands, wait for their output."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(str(path))
         self.sock.settimeout(0.2)
@@ -62,6 +63,10 @@ class Console:
     def write_sector(self, sector: int, text: str) -> None:
         self.run(f"printf {text} | dd of=/dev/vda bs=512 seek={sector} count=1 conv=sync,fsync 2>/dev/null",
                  f"wrote{sector}")
+
+    def reconnect(self) -> None:
+        self.sock.close()
+        self.__init__(self.path)  # type: ignore[misc]
 
     def close(self) -> None:
         self.sock.close()
@@ -168,7 +173,7 @@ def ready_mirror(domain: object) -> bool:
     return any(d.mirror_ready for d in blocks.parse_live_disks(domain.XMLDesc(0)))  # type: ignore[attr-defined]
 
 
-def test_snapshot_write_merge_and_settle_a_leftover_commit(guest: tuple[object, Path, Console]) -> None:
+def test_snapshot_merge_settle_and_memory_snapshot(guest: tuple[object, Path, Console]) -> None:
     domain, folder, console = guest
     base = folder / "base.qcow2"
     console.write_sector(0, "BASEDATA")
@@ -232,14 +237,37 @@ def test_snapshot_write_merge_and_settle_a_leftover_commit(guest: tuple[object, 
     asyncio.run(blocks.commit_disk(domain, str(top), str(base)))
     assert chains(domain) == [[str(base)]]
 
-    # The guest still reads all of it, and so does qemu-img from base alone once the domain is gone.
+    # The guest still reads all of it.
     assert guest_reads(console, 3) == "OVERLAY3"
+
+    # A memory snapshot: RAM, devices and the disk saved in base under the tag; writes after it are undone by a
+    # load, and the guest's shell carries on from the moment of the save.
+    tag = str(uuid.uuid4())
+    console.run("MARK=saved", "marked")
+    asyncio.run(blocks.memory_snapshot(domain, "save", tag, [str(base)]))
+    assert asyncio.run(blocks.disk_chains(domain))[0][0].snapshots == (tag,)
+    console.write_sector(5, "AFTERMEM")
+    console.run("MARK=later", "remarked")
+    assert guest_reads(console, 5) == "AFTERMEM"
+    pid = (Path("/run/libvirt/qemu") / f"{domain.name()}.pid").read_text()  # type: ignore[attr-defined]
+    asyncio.run(blocks.memory_snapshot(domain, "load", tag, [str(base)]))
+    # libvirt 9.0 loads by starting a new QEMU with -loadvm: the console socket is a new one.
+    assert (Path("/run/libvirt/qemu") / f"{domain.name()}.pid").read_text() != pid  # type: ignore[attr-defined]
+    console.reconnect()
+    assert domain.isActive() and domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING  # type: ignore[attr-defined]
+    assert guest_reads(console, 5) == ""
+    assert "MARK=saved=" in console.run("echo MARK=$MARK=", "echoed")  # the shell's memory is back too
+    asyncio.run(blocks.memory_snapshot(domain, "delete", tag, [str(base)]))
+    assert asyncio.run(blocks.disk_chains(domain))[0][0].snapshots == ()
+    asyncio.run(blocks.memory_snapshot(domain, "delete", tag, [str(base)]))  # deleted already: nothing to do
+
+    # qemu-img reads everything from base alone once the domain is gone.
     domain.destroy()  # type: ignore[attr-defined]
     raw = folder / "base.raw"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(base), str(raw)], check=True)
     data = raw.read_bytes()
-    sectors = [data[i * 512:(i + 1) * 512].rstrip(b"\0") for i in range(5)]
-    assert sectors == [b"BASEDATA", b"OVERLAY1", b"OVERLAY2", b"OVERLAY3", b"INNER4"]
+    sectors = [data[i * 512:(i + 1) * 512].rstrip(b"\0") for i in range(6)]
+    assert sectors == [b"BASEDATA", b"OVERLAY1", b"OVERLAY2", b"OVERLAY3", b"INNER4", b""]
     info = subprocess.run(["qemu-img", "info", "--output=json", str(base)], check=True, capture_output=True,
                           text=True).stdout
     assert "backing-filename" not in info

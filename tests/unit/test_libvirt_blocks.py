@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +14,14 @@ libvirt = pytest.importorskip("libvirt")
 
 from virtfleet.drivers.base import OpenImage  # noqa: E402
 from virtfleet.drivers.libvirt import blocks  # noqa: E402  (needs libvirt-python)
-from virtfleet.drivers.libvirt.blocks import LiveDisk, parse_live_disks, snapshot_xml  # noqa: E402
-from virtfleet.errors import DriverError  # noqa: E402
+from virtfleet.drivers.libvirt.blocks import (  # noqa: E402
+    LiveDisk,
+    memory_snapshot_xml,
+    parse_live_disks,
+    snapshot_xml,
+)
+from virtfleet.errors import DriverError, Unsupported  # noqa: E402
+from virtfleet.storage import qemu_img  # noqa: E402
 
 # Live XML of a running domain, trimmed, as libvirt 9.0 showed it in tests/integration/test_libvirt_blocks.py: vda
 # mid-way through an active commit of its overlay into its base, an empty CD-ROM, a seed ISO, a raw block device and
@@ -72,9 +79,9 @@ def test_the_live_xml_gives_each_local_disk_its_chain_active_layer_first() -> No
     disks = parse_live_disks(LIVE_XML)
     assert disks == [
         LiveDisk("vda", ("/pool/data.qcow2@2", "/pool/data.qcow2@1", "/pool/./data.qcow2"),
-                 mirror="/pool/data.qcow2@1", mirror_ready=True),
-        LiveDisk("sdb", ("/run/seed.iso",)),
-        LiveDisk("vdb", ("/dev/vg/lv",)),
+                 ("qcow2", "qcow2", "qcow2"), mirror="/pool/data.qcow2@1", mirror_ready=True),
+        LiveDisk("sdb", ("/run/seed.iso",), ("raw",), readonly=True),
+        LiveDisk("vdb", ("/dev/vg/lv",), ("raw",)),
     ]  # the empty CD-ROM and the network disk have no image path
     assert disks[0].index("/pool/data.qcow2") == 2  # compared as normalised paths
     assert disks[0].index("/pool/data.qcow2@2") == 0
@@ -107,6 +114,14 @@ def test_the_snapshot_xml_escapes_paths() -> None:
     assert source is not None and source.get("file") == "/p/a&b'<c>"
 
 
+def test_the_memory_snapshot_xml_saves_every_writable_disk_internally() -> None:
+    root = ET.fromstring(memory_snapshot_xml(parse_live_disks(LIVE_XML), "tag-1"))  # noqa: S314 - our own output
+    assert root.findtext("name") == "tag-1"
+    assert root.find("memory").get("snapshot") == "internal"  # type: ignore[union-attr]
+    assert [(e.get("name"), e.get("snapshot")) for e in root.findall("./disks/disk")] == [
+        ("vda", "internal"), ("sdb", "no"), ("vdb", "internal")]  # libvirt refuses to leave out a writable disk
+
+
 def disk_xml(chain: list[str], mirror: str | None = None, ready: bool = False) -> str:
     """A domain with one disk vda holding `chain` (active first)."""
     inner = "<backingStore/>"
@@ -116,7 +131,8 @@ def disk_xml(chain: list[str], mirror: str | None = None, ready: bool = False) -
     if mirror is not None:
         mirrored = (f"<mirror type='file' job='active-commit'{' ready=' + chr(39) + 'yes' + chr(39) if ready else ''}>"
                     f"<source file='{mirror}'/></mirror>")
-    return (f"<domain><devices><disk type='file' device='disk'><source file='{chain[0]}'/>{inner}{mirrored}"
+    return (f"<domain><devices><disk type='file' device='disk'><driver type='raw'/><source file='{chain[0]}'/>"
+            f"{inner}{mirrored}"
             "<target dev='vda' bus='virtio'/></disk></devices></domain>")
 
 
@@ -193,10 +209,30 @@ def test_a_base_above_the_top_is_refused() -> None:
     assert domain.calls == []
 
 
-def test_disk_chains_and_snapshot_targets_come_from_the_live_xml() -> None:
-    domain = ScriptedDomain([LIVE_XML], [{}])
-    chains = asyncio.run(blocks.disk_chains(domain))
-    assert chains[0] == (OpenImage("/pool/data.qcow2@2"), OpenImage("/pool/data.qcow2@1"),
-                         OpenImage("/pool/data.qcow2"))
-    with pytest.raises(DriverError, match=r"no disk of the domain writes /pool/data\.qcow2@1"):
-        asyncio.run(blocks.snapshot_disks(domain, [("/pool/data.qcow2@1", "/pool/new")]))  # not the active layer
+def test_disk_chains_come_from_the_live_xml_with_the_tags_in_each_qcow2(tmp_path: Path) -> None:
+    base, top = tmp_path / "data.qcow2", tmp_path / "data.qcow2@1"
+    qemu_img.create(base, "qcow2", 1 << 20)
+    qemu_img.create(top, "qcow2", 1 << 20, backing=base, backing_fmt="qcow2")
+    qemu_img.snapshot_create(top, "qcow2", "memory-1")
+    live = (f"<domain><devices><disk type='file' device='disk'><driver type='qcow2'/><source file='{top}'/>"
+            f"<backingStore type='file'><format type='qcow2'/><source file='{tmp_path}/./data.qcow2'/>"
+            "<backingStore/></backingStore><target dev='vda'/></disk>"
+            "<disk type='file' device='cdrom'><driver type='raw'/><source file='/nonexistent/seed.iso'/>"
+            "<target dev='sda'/><readonly/></disk></devices></domain>")
+    domain = ScriptedDomain([live], [{}])
+    assert asyncio.run(blocks.disk_chains(domain)) == [
+        (OpenImage(str(top), ("memory-1",)), OpenImage(str(base))),
+        (OpenImage("/nonexistent/seed.iso"),),  # raw: no internal snapshots, and not opened to look
+    ]
+    with pytest.raises(DriverError, match=r"no disk of the domain writes .*data\.qcow2:"):
+        asyncio.run(blocks.snapshot_disks(domain, [(str(base), "/p/new")]))  # not the active layer
+    assert domain.calls == []
+
+
+def test_a_memory_snapshot_goes_into_exactly_the_writable_disks() -> None:
+    domain = ScriptedDomain([LIVE_XML], [{}])  # writable: vda (active /pool/data.qcow2@2) and vdb
+    with pytest.raises(DriverError, match="every writable disk"):
+        asyncio.run(blocks.memory_snapshot(domain, "save", "tag", ["/pool/data.qcow2@2"]))
+    with pytest.raises(Unsupported):
+        asyncio.run(blocks.memory_snapshot(domain, "save", "tag", []))
+    assert domain.calls == []

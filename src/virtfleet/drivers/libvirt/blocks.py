@@ -19,12 +19,14 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from virtfleet.drivers.base import DiskChain, OpenImage
-from virtfleet.errors import DriverError, OperationTimeout
+from virtfleet.drivers.base import DiskChain, MemoryAction, OpenImage
+from virtfleet.errors import DriverError, OperationTimeout, Unsupported
+from virtfleet.storage import qemu_img
 
 JOB_TIMEOUT = 600.0
 POLL_SECONDS = 0.05
@@ -56,8 +58,10 @@ class LiveDisk:
 
     target: str  # <target dev=...>: how libvirt's block APIs name the disk
     chain: tuple[str, ...]
+    formats: tuple[str, ...] = ()  # each image's format ("qcow2", "raw"), "" where libvirt names none
     mirror: str | None = None
     mirror_ready: bool = False
+    readonly: bool = False
 
     def index(self, path: str) -> int | None:
         """Where `path` is in the chain (compared as normalised paths), None when it is not."""
@@ -72,6 +76,10 @@ def _source_path(element: ET.Element) -> str | None:
     return source.get("file") or source.get("dev")  # network sources have no path; callers name only files
 
 
+def _format(element: ET.Element | None) -> str:
+    return "" if element is None else element.get("type", "")
+
+
 def parse_live_disks(domain_xml: str) -> list[LiveDisk]:
     """The disks with a local image (file or block device) in a domain's live XML, each with its backing chain."""
     disks = []
@@ -81,16 +89,18 @@ def parse_live_disks(domain_xml: str) -> list[LiveDisk]:
         active = _source_path(disk)
         if target is None or target.get("dev") is None or active is None:
             continue  # an empty CD-ROM drive, or a network disk
-        chain = [active]
+        chain, formats = [active], [_format(disk.find("driver"))]
         layer = disk.find("backingStore")
         while layer is not None and (path := _source_path(layer)) is not None:
             chain.append(path)  # the chain ends in an empty <backingStore/>, or with no element at all
+            formats.append(_format(layer.find("format")))
             layer = layer.find("backingStore")
         mirror = disk.find("mirror")
         disks.append(LiveDisk(
-            target=str(target.get("dev")), chain=tuple(chain),
+            target=str(target.get("dev")), chain=tuple(chain), formats=tuple(formats),
             mirror=None if mirror is None else (_source_path(mirror) or mirror.get("file")),
-            mirror_ready=mirror is not None and mirror.get("ready") == "yes"))
+            mirror_ready=mirror is not None and mirror.get("ready") == "yes",
+            readonly=disk.find("readonly") is not None))
     return disks
 
 
@@ -110,6 +120,18 @@ def snapshot_xml(disks: list[LiveDisk], overlays: dict[str, str]) -> str:
     unknown = set(overlays) - {disk.target for disk in disks}
     if unknown:
         raise ValueError(f"no disk {', '.join(sorted(unknown))} in the domain")
+    return ET.tostring(root, encoding="unicode")
+
+
+def memory_snapshot_xml(disks: list[LiveDisk], tag: str) -> str:
+    """A <domainsnapshot> named `tag` saving RAM and device state and every writable disk internally (libvirt
+    refuses an internal snapshot that leaves out a writable disk); read-only disks are left alone."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = tag
+    ET.SubElement(root, "memory", snapshot="internal")
+    listed = ET.SubElement(root, "disks")
+    for disk in disks:
+        ET.SubElement(listed, "disk", name=disk.target, snapshot="no" if disk.readonly else "internal")
     return ET.tostring(root, encoding="unicode")
 
 
@@ -252,10 +274,24 @@ async def commit_disk(domain: Any, top: str, base: str, *, before_pivot: BeforeP
                           "the block job failed; libvirtd's log has QEMU's error")
 
 
+def _tags(path: str, fmt: str) -> tuple[str, ...]:
+    """The internal snapshot names in a qcow2 image (read with qemu-img -U: QEMU holds the image's lock)."""
+    if fmt != "qcow2":
+        return ()
+    return tuple(snapshot.name for snapshot in qemu_img.info(Path(path), "qcow2").snapshots)
+
+
 async def disk_chains(domain: Any) -> list[DiskChain]:
     """What a running domain has open, per disk, active layer first (libvirt's live XML, which it keeps in step
-    with QEMU). Internal snapshot names are not in it: snapshots=()."""
-    return [tuple(OpenImage(os.path.normpath(path)) for path in disk.chain) for disk in await _live_disks(domain)]
+    with QEMU), with the internal snapshots each qcow2 image holds: read from the images, not from libvirt's
+    snapshot metadata, because the images are what a memory snapshot's recovery must judge."""
+    disks = await _live_disks(domain)
+
+    def read() -> list[DiskChain]:
+        return [tuple(OpenImage(os.path.normpath(path), _tags(path, fmt))
+                      for path, fmt in zip(disk.chain, disk.formats, strict=True)) for disk in disks]
+
+    return await asyncio.to_thread(read)
 
 
 async def settle_block_jobs(domain: Any, *, timeout: float = JOB_TIMEOUT) -> list[str]:
@@ -288,3 +324,44 @@ async def release_images(domain: Any, paths: list[str]) -> None:
     that dies in the middle leaves the call to libvirtd, which finishes it, so no image is left open outside a
     chain; images in a chain stay open, as the contract says."""
     del domain, paths
+
+
+async def memory_snapshot(domain: Any, action: MemoryAction, tag: str, images: list[str]) -> None:
+    """Save, load or delete the internal snapshot `tag` with RAM and device state (libvirt 9.0: HMP savevm,
+    loadvm and delvm, the VM paused while they run).
+
+    libvirt saves into every writable disk and nothing else, so `images` must be exactly their active images. The
+    snapshot keeps libvirt's metadata (unlike disk snapshots): libvirt reverts and deletes only snapshots it has
+    metadata for. A load leaves the VM running, as the qemu driver's does."""
+    if not images:
+        raise Unsupported("a memory snapshot needs a qcow2 disk to hold the VM state; attach one")
+    if action == "save":
+        disks = await _live_disks(domain)
+        writable = {os.path.normpath(disk.chain[0]) for disk in disks if not disk.readonly}
+        wanted = {os.path.normpath(image) for image in images}
+        if wanted != writable:
+            raise DriverError(f"libvirt saves a memory snapshot into every writable disk's active image "
+                              f"({', '.join(sorted(writable))})", f"not into {', '.join(sorted(wanted))}")
+        try:
+            await asyncio.to_thread(domain.snapshotCreateXML, memory_snapshot_xml(disks, tag), 0)
+        except libvirt.libvirtError as error:
+            raise _failed(f"libvirt could not save memory snapshot {tag}", error) from error
+        return
+    try:
+        snapshot = await asyncio.to_thread(domain.snapshotLookupByName, tag, 0)
+    except libvirt.libvirtError as error:
+        if action == "delete" and error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            holding = [image for chain in await disk_chains(domain) for image in chain if tag in image.snapshots]
+            if not holding:
+                return  # deleted already
+            raise DriverError(f"libvirt has no record of memory snapshot {tag}, which "
+                              f"{', '.join(image.path for image in holding)} still hold",
+                              "libvirt deletes only the snapshots it recorded") from error
+        raise _failed(f"libvirt has no memory snapshot {tag}", error) from error
+    try:
+        if action == "load":
+            await asyncio.to_thread(domain.revertToSnapshot, snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
+        else:
+            await asyncio.to_thread(snapshot.delete, 0)
+    except libvirt.libvirtError as error:
+        raise _failed(f"libvirt could not {action} memory snapshot {tag}", error) from error
