@@ -135,6 +135,16 @@ def memory_snapshot_xml(disks: list[LiveDisk], tag: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def recorded_snapshot_xml(disks: list[LiveDisk], tag: str, created: int, domain_xml: str) -> str:
+    """libvirt's record of an internal snapshot, taken at `created` (seconds since the epoch), of the running
+    domain described by `domain_xml`."""
+    root = ET.fromstring(memory_snapshot_xml(disks, tag))  # noqa: S314 - our own output
+    ET.SubElement(root, "state").text = "running"
+    ET.SubElement(root, "creationTime").text = str(created)
+    root.append(ET.fromstring(domain_xml))  # noqa: S314 - written by libvirtd
+    return ET.tostring(root, encoding="unicode")
+
+
 # --- libvirt calls (each off the event loop) ------------------------------------------------------------------
 def _failed(what: str, error: libvirt.libvirtError) -> DriverError:
     return DriverError(what, str(error.get_error_message() or error))
@@ -347,17 +357,11 @@ async def memory_snapshot(domain: Any, action: MemoryAction, tag: str, images: l
         except libvirt.libvirtError as error:
             raise _failed(f"libvirt could not save memory snapshot {tag}", error) from error
         return
-    try:
-        snapshot = await asyncio.to_thread(domain.snapshotLookupByName, tag, 0)
-    except libvirt.libvirtError as error:
-        if action == "delete" and error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-            holding = [image for chain in await disk_chains(domain) for image in chain if tag in image.snapshots]
-            if not holding:
-                return  # deleted already
-            raise DriverError(f"libvirt has no record of memory snapshot {tag}, which "
-                              f"{', '.join(image.path for image in holding)} still hold",
-                              "libvirt deletes only the snapshots it recorded") from error
-        raise _failed(f"libvirt has no memory snapshot {tag}", error) from error
+    snapshot = await _recorded_snapshot(domain, tag)
+    if snapshot is None:
+        if action == "delete":
+            return  # in no image: deleted already
+        raise DriverError(f"no memory snapshot {tag} to load", "no disk's image holds it")
     try:
         if action == "load":
             await asyncio.to_thread(domain.revertToSnapshot, snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
@@ -365,3 +369,36 @@ async def memory_snapshot(domain: Any, action: MemoryAction, tag: str, images: l
             await asyncio.to_thread(snapshot.delete, 0)
     except libvirt.libvirtError as error:
         raise _failed(f"libvirt could not {action} memory snapshot {tag}", error) from error
+
+
+async def _recorded_snapshot(domain: Any, tag: str) -> Any:
+    """libvirt's handle on the internal snapshot `tag`; None when no image holds it.
+
+    The images are the truth and libvirt's metadata a record of them, which goes with a transient domain or a
+    domain defined again. When the record is missing but every writable disk's active image holds the tag, it is
+    recorded again (REDEFINE) with the domain as it is now: a memory snapshot can only be loaded while its images
+    are the disks' active ones, so this is the domain it was taken of, as far as its disks go."""
+    try:
+        return await asyncio.to_thread(domain.snapshotLookupByName, tag, 0)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            raise _failed(f"cannot look up memory snapshot {tag}", error) from error
+    disks = await _live_disks(domain)
+    chains = await disk_chains(domain)
+    holding = [image.path for chain in chains for image in chain if tag in image.snapshots]
+    if not holding:
+        return None
+    tops = {chain[0].path for disk, chain in zip(disks, chains, strict=True) if chain and not disk.readonly}
+    if set(holding) != tops:
+        raise DriverError(f"memory snapshot {tag} is in {', '.join(sorted(holding))}",
+                          f"libvirt can load or delete it only from every writable disk's active image "
+                          f"({', '.join(sorted(tops))})")
+    saved = await asyncio.to_thread(qemu_img.info, Path(holding[0]), "qcow2")
+    created = next(int(snapshot.date.timestamp()) for snapshot in saved.snapshots if snapshot.name == tag)
+    try:
+        current = await asyncio.to_thread(domain.XMLDesc, 0)
+        return await asyncio.to_thread(domain.snapshotCreateXML,
+                                       recorded_snapshot_xml(disks, tag, created, current),
+                                       libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+    except libvirt.libvirtError as error:
+        raise _failed(f"libvirt could not record memory snapshot {tag} again", error) from error
