@@ -122,6 +122,15 @@ def test_the_memory_snapshot_xml_saves_every_writable_disk_internally() -> None:
         ("vda", "internal"), ("sdb", "no"), ("vdb", "internal")]  # libvirt refuses to leave out a writable disk
 
 
+def test_a_forgotten_memory_snapshot_is_recorded_again_with_the_domain_as_it_is() -> None:
+    xml = blocks.recorded_snapshot_xml(parse_live_disks(LIVE_XML), "tag-1", 1700000000, LIVE_XML)
+    root = ET.fromstring(xml)  # noqa: S314 - our own output
+    assert (root.findtext("name"), root.findtext("state"), root.findtext("creationTime")) == (
+        "tag-1", "running", "1700000000")
+    assert root.find("memory").get("snapshot") == "internal"  # type: ignore[union-attr]
+    assert root.findtext("./domain/name") == "vf-example"
+
+
 def disk_xml(chain: list[str], mirror: str | None = None, ready: bool = False) -> str:
     """A domain with one disk vda holding `chain` (active first)."""
     inner = "<backingStore/>"
