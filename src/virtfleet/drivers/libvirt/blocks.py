@@ -7,7 +7,8 @@ shows `<mirror ready='yes'>`, and blockJobAbort(PIVOT) then switches the disk to
 
 libvirt owns the QEMU monitor, so the truth is what libvirt says: the live XML (XMLDesc(0)) names each disk's chain
 and the base an active commit is copying into; blockJobInfo names a disk's running job. Both outlive the agent, so
-everything here can be called again after a crash.
+everything here can be called again after a crash. The one thing libvirt does not show is which internal (memory)
+snapshots an image holds: those are read from the images themselves (qemu-img -U).
 """
 
 from __future__ import annotations
@@ -295,13 +296,12 @@ async def disk_chains(domain: Any) -> list[DiskChain]:
     """What a running domain has open, per disk, active layer first (libvirt's live XML, which it keeps in step
     with QEMU), with the internal snapshots each qcow2 image holds: read from the images, not from libvirt's
     snapshot metadata, because the images are what a memory snapshot's recovery must judge."""
-    disks = await _live_disks(domain)
+    return await asyncio.to_thread(_chains_of, await _live_disks(domain))
 
-    def read() -> list[DiskChain]:
-        return [tuple(OpenImage(os.path.normpath(path), _tags(path, fmt))
-                      for path, fmt in zip(disk.chain, disk.formats, strict=True)) for disk in disks]
 
-    return await asyncio.to_thread(read)
+def _chains_of(disks: list[LiveDisk]) -> list[DiskChain]:
+    return [tuple(OpenImage(os.path.normpath(path), _tags(path, fmt))
+                  for path, fmt in zip(disk.chain, disk.formats, strict=True)) for disk in disks]
 
 
 async def settle_block_jobs(domain: Any, *, timeout: float = JOB_TIMEOUT) -> list[str]:
@@ -337,12 +337,13 @@ async def release_images(domain: Any, paths: list[str]) -> None:
 
 
 async def memory_snapshot(domain: Any, action: MemoryAction, tag: str, images: list[str]) -> None:
-    """Save, load or delete the internal snapshot `tag` with RAM and device state (libvirt 9.0: HMP savevm,
-    loadvm and delvm, the VM paused while they run).
+    """Save, load or delete the internal snapshot `tag` with RAM and device state.
 
-    libvirt saves into every writable disk and nothing else, so `images` must be exactly their active images. The
-    snapshot keeps libvirt's metadata (unlike disk snapshots): libvirt reverts and deletes only snapshots it has
-    metadata for. A load leaves the VM running, as the qemu driver's does."""
+    libvirt 9.0 saves with HMP savevm (the VM paused meanwhile) into every writable disk and nothing else, so
+    `images` must be exactly their active images; it keeps metadata for it (unlike for disk snapshots), as it
+    loads and deletes only snapshots it has a record of. A load kills QEMU and starts a new one with -loadvm (same
+    domain id; console connections drop and must be made again), and leaves the VM running, as the qemu driver's
+    does."""
     if not images:
         raise Unsupported("a memory snapshot needs a qcow2 disk to hold the VM state; attach one")
     if action == "save":
@@ -384,7 +385,7 @@ async def _recorded_snapshot(domain: Any, tag: str) -> Any:
         if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
             raise _failed(f"cannot look up memory snapshot {tag}", error) from error
     disks = await _live_disks(domain)
-    chains = await disk_chains(domain)
+    chains = await asyncio.to_thread(_chains_of, disks)
     holding = [image.path for chain in chains for image in chain if tag in image.snapshots]
     if not holding:
         return None
