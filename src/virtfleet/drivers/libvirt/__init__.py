@@ -1,0 +1,1 @@
+"""The libvirt driver: domains defined and driven through libvirt-python (qemu:///system)."""
