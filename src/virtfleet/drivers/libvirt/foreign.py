@@ -11,7 +11,7 @@ Blocking libvirt calls: run these functions in a worker thread.
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET  # noqa: S405 - we parse libvirt's own output and build our element only
+import xml.etree.ElementTree as ET  # libvirt's own output only, never a user's file
 from typing import Any
 
 import libvirt
