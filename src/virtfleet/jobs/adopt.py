@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from virtfleet import failpoints
 from virtfleet.drivers.base import Driver, ForeignDomain
@@ -91,6 +91,7 @@ class AdoptPlan(BaseModel):
     problems: list[str]  # empty when it can be adopted
     plan: ImportPlan | None  # the v2v plan it came from (None when the XML could not be read)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def adoptable(self) -> bool:
         return not self.problems
