@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import Api
-from virtfleet.model.vm import VmState
+from virtfleet.drivers.base import Capabilities, DriverConfig
+from virtfleet.drivers.qemu.driver import QemuDriver
+from virtfleet.errors import Unsupported
+from virtfleet.model.vm import VmSpec, VmState
 
 MiB = 1 << 20
 
@@ -91,6 +94,7 @@ def test_list_and_dry_run_plan_in_place_and_change_nothing(api: Api, pool: Path)
     assert not plan["adoptable"]  # libvirt's "default" network is not virtfleet's until mapped
     assert any("interface0" in p and "--network-map" in p for p in plan["problems"])
     assert any("graphical console" in w for w in plan["warnings"])  # the v2v report of what is left behind
+    assert any("keeps running as it is" in w for w in plan["warnings"])
 
     response = adopt(api, "web", dry_run=True, network_map={"default": "lan"})
     assert response.status_code == 200, response.text
@@ -139,7 +143,8 @@ def test_adopt_a_running_and_a_stopped_domain_registers_their_files_in_place(api
     assert api.vm("web")["state"] == "stopped"
 
 
-@pytest.mark.parametrize("case", ["outside", "block", "unmapped", "name-clash", "subdirectory", "transient"])
+@pytest.mark.parametrize("case", ["outside", "block", "unmapped", "name-clash", "subdirectory", "transient", "missing",
+                                  "not-an-image"])
 def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tmp_path: Path, case: str) -> None:
     disk = qcow2(pool / "app.qcow2")
     network_map = {"default": "lan"}
@@ -150,6 +155,10 @@ def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tm
     if case == "subdirectory":
         (pool / "vms").mkdir()
         disk = qcow2(pool / "vms" / "app.qcow2")
+    if case == "missing":
+        disk.unlink()
+    if case == "not-an-image":
+        disk.write_bytes(b"not a qcow2 image" * 100)
     extra = "<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdz'/></disk>" \
         if case == "block" else ""
     if case == "unmapped":
@@ -170,6 +179,8 @@ def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tm
         "name-clash": "a VM named 'app' exists already",
         "subdirectory": "lies in a subdirectory of pool 'default'",
         "transient": "app is transient",
+        "missing": f"vda: {disk} does not exist",
+        "not-an-image": f"vda: {disk}: ",
     }[case]
     assert expected in message
     assert snapshot(api) == before
@@ -230,3 +241,18 @@ def test_recovery_of_an_adoption_a_crash_interrupted(api: Api, pool: Path, taken
         assert api.vm("app")["state"] == "running" and "default/app.qcow2" in snapshot(api)[1]
     else:
         assert snapshot(api) == before and disk.is_file()
+
+
+def test_a_driver_without_the_adopt_capability_is_refused_naming_it(api: Api, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    monkeypatch.setattr(api.server.driver, "capabilities", lambda: Capabilities(adopt=False))
+    for response in (api.client.get("/api/v1/host/foreign-domains"), adopt(api, "app")):
+        assert response.status_code == 501 and "capability 'adopt'" in response.json()["error"]["message"]
+
+
+async def test_the_qemu_driver_has_no_foreign_domains_and_takes_none_over(tmp_path: Path) -> None:
+    driver = QemuDriver(DriverConfig(tmp_path))
+    assert driver.capabilities().adopt is False
+    assert await driver.foreign_domains() == []
+    with pytest.raises(Unsupported, match="capability 'adopt'"):
+        await driver.take_over("web", "vm-id", VmSpec(name="web"))

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from virtfleet import failpoints
 from virtfleet.drivers.base import Driver, ForeignDomain
-from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported, VirtfleetError
+from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound, Unsupported, VirtfleetError
 from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.recovery import Outcome, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner
@@ -89,7 +89,9 @@ class AdoptPlan(BaseModel):
     disks: list[AdoptedDisk]
     warnings: list[str]  # what is not carried over into the recorded spec (the domain itself is left as it is)
     problems: list[str]  # empty when it can be adopted
-    plan: ImportPlan | None  # the v2v plan it came from (None when the XML could not be read)
+    # The v2v plan it came from (None when the XML could not be read); its disks' pool, volume and conversion are
+    # what an import would do: `disks` above is what adopting does.
+    plan: ImportPlan | None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -180,10 +182,17 @@ class AdoptService:
             except InvalidSpec as error:
                 problems.append(f"{disk.label}: {error.problem}")
                 continue
+            except DriverError as error:  # qemu-img cannot read it as the format the domain names
+                problems.append(f"{disk.label}: {disk.layers[0].file}: {error.message}")
+                continue
             adopted.append(AdoptedDisk(label=disk.label, bus=planned.bus, boot=planned.boot, layers=layers))
         problems += self._clashes(domain, plan, adopted)
+        warnings = list(plan.warnings)
+        if domain.state is not VmState.STOPPED:
+            warnings.append(f"{domain.name} keeps running as it is; the recorded spec (machine q35, BIOS, the disk "
+                            "buses and NIC models planned) applies from its next start by virtfleet")
         return AdoptPlan(domain=domain.name, uuid=domain.uuid, state=domain.state, vm=plan.name, disks=adopted,
-                         warnings=plan.warnings, problems=problems, plan=plan)
+                         warnings=warnings, problems=problems, plan=plan)
 
     def _clashes(self, domain: ForeignDomain, plan: ImportPlan, adopted: list[AdoptedDisk]) -> list[str]:
         problems = []
@@ -215,6 +224,8 @@ class AdoptService:
         fmt: VolumeFormat = "qcow2" if top.format == "qcow2" else "raw"
         if not os.path.isabs(top.file):
             raise InvalidSpec("source", f"{top.file} is not an absolute path")
+        if file_id(top.file) is None:
+            raise InvalidSpec("source", f"{top.file} does not exist")
         roots = [root.resolve() for root in self.storage.pool_roots()]
         # The same walk a start does (vm_disks.backing_chain): explicit formats, nothing outside the pools.
         below = backing_chain(DiskSpec(path=top.file, format=fmt), roots, "source")
