@@ -256,3 +256,14 @@ async def test_the_qemu_driver_has_no_foreign_domains_and_takes_none_over(tmp_pa
     assert await driver.foreign_domains() == []
     with pytest.raises(Unsupported, match="capability 'adopt'"):
         await driver.take_over("web", "vm-id", VmSpec(name="web"))
+
+
+def test_a_disk_spelled_through_a_link_is_the_pool_file_it_leads_to(api: Api, pool: Path, tmp_path: Path) -> None:
+    disk = qcow2(pool / "app.qcow2")
+    link = tmp_path / "libvirt-images"
+    link.symlink_to(pool)
+    foreign(api, "app", [(f"{link}//./app.qcow2", "qcow2")])
+    job = api.wait(adopt(api, "app", network_map={"default": "lan"}).json())
+    assert job["status"] == "succeeded", job
+    volume = api.client.get("/api/v1/volumes/default/app.qcow2").json()["volume"]
+    assert volume["path"] == str(disk) and volume["attached_to"] == "app"

@@ -60,7 +60,7 @@ class AdoptedLayer(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str
+    path: str  # the volume's file in its pool (the domain may spell it otherwise: a link, '..')
     format: VolumeFormat
     size: int
     volume: str  # POOL/NAME
@@ -247,9 +247,12 @@ class AdoptService:
             return AdoptedLayer(path=path, format=existing.format, size=existing.size, volume=existing.ref,
                                 new=False, template=existing.template)
         pool, name = self._pool_of(path)
-        info = qemu_img.info(Path(path), fmt)
-        return AdoptedLayer(path=path, format=fmt, size=info.virtual_size, volume=f"{pool.name}/{name}", new=True,
-                            template=template)
+        # Recorded under the pool's own spelling of it (the same file, by identity), as every volume is: deleting
+        # the volume later removes exactly this file.
+        in_pool = self.storage.backend(pool).volume_path(name)
+        info = qemu_img.info(in_pool, fmt)
+        return AdoptedLayer(path=str(in_pool), format=fmt, size=info.virtual_size, volume=f"{pool.name}/{name}",
+                            new=True, template=template)
 
     def _pool_of(self, path: str) -> tuple[Pool, str]:
         """The dir pool whose directory holds the file itself (by identity), and the volume name it takes."""
