@@ -144,7 +144,7 @@ def test_adopt_a_running_and_a_stopped_domain_registers_their_files_in_place(api
 
 
 @pytest.mark.parametrize("case", ["outside", "block", "unmapped", "name-clash", "subdirectory", "transient", "missing",
-                                  "not-an-image"])
+                                  "not-an-image", "unknown-network", "mac-taken"])
 def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tmp_path: Path, case: str) -> None:
     disk = qcow2(pool / "app.qcow2")
     network_map = {"default": "lan"}
@@ -163,6 +163,10 @@ def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tm
         if case == "block" else ""
     if case == "unmapped":
         network_map = {}
+    if case == "unknown-network":
+        network_map = {"default": "nosuch"}
+    if case == "mac-taken":
+        api.create("other", nics=[{"network": "lan", "mac": "52:54:00:aa:bb:01"}])
     if case == "name-clash":
         api.create("app")
     api.host.add_foreign("app", str(uuid.uuid4()), domain_xml("app", str(uuid.uuid4()), [(str(disk), "qcow2")],
@@ -181,6 +185,8 @@ def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tm
         "transient": "app is transient",
         "missing": f"vda: {disk} does not exist",
         "not-an-image": f"vda: {disk}: ",
+        "unknown-network": "interface0: mapped to 'nosuch', which is no virtfleet network",
+        "mac-taken": "interface0: the MAC 52:54:00:aa:bb:01 is used by vm 'other' already",
     }[case]
     assert expected in message
     assert snapshot(api) == before

@@ -20,7 +20,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -102,7 +102,8 @@ class AdoptPlan(BaseModel):
 class AdoptRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    domains: list[str] = Field(min_length=1, max_length=64, description="names of foreign domains")
+    domains: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        min_length=1, max_length=64, description="names of foreign domains")
     network_map: dict[str, str] = Field(default_factory=dict, max_length=64,
                                         description="source network or bridge -> virtfleet network ('*': any other)")
     dry_run: bool = Field(default=False, description="only answer the plans; nothing changes")
@@ -204,7 +205,10 @@ class AdoptService:
             self.db.get_vm(domain.uuid)
             problems.append(f"uuid: virtfleet has a VM with the id {domain.uuid} already")
         taken = {nic.mac: vm.name for vm in self.db.list_vms() for nic in vm.spec.nics if nic.mac}
+        known = {network.name for network in self.networks.all()}
         for nic in plan.nics:
+            if nic.network is not None and nic.network not in known:
+                problems.append(f"{nic.label}: mapped to {nic.network!r}, which is no virtfleet network")
             if nic.mac in taken:
                 problems.append(f"{nic.label}: the MAC {nic.mac} is used by vm '{taken[nic.mac]}' already")
         tops = [disk.layers[0].volume for disk in adopted]
