@@ -144,7 +144,8 @@ def test_adopt_a_running_and_a_stopped_domain_registers_their_files_in_place(api
 
 
 @pytest.mark.parametrize("case", ["outside", "block", "unmapped", "name-clash", "subdirectory", "transient", "missing",
-                                  "not-an-image", "unknown-network", "mac-taken"])
+                                  "not-an-image", "unknown-network", "mac-taken",
+                                  "network-disk"])
 def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tmp_path: Path, case: str) -> None:
     disk = qcow2(pool / "app.qcow2")
     network_map = {"default": "lan"}
@@ -159,8 +160,9 @@ def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tm
         disk.unlink()
     if case == "not-an-image":
         disk.write_bytes(b"not a qcow2 image" * 100)
-    extra = "<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdz'/></disk>" \
-        if case == "block" else ""
+    extra = {"block": "<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdz'/></disk>",
+             "network-disk": "<disk type='network' device='disk'><source protocol='rbd' name='rbd/app'/>"
+                             "<target dev='vdy'/></disk>"}.get(case, "")
     if case == "unmapped":
         network_map = {}
     if case == "unknown-network":
@@ -186,9 +188,12 @@ def test_refusals_name_what_is_wrong_and_change_nothing(api: Api, pool: Path, tm
         "missing": f"vda: {disk} does not exist",
         "not-an-image": f"vda: {disk}: ",
         "unknown-network": "interface0: mapped to 'nosuch', which is no virtfleet network",
+        "network-disk": "vdy.type: a network disk (rbd) is not a file in a pool",
         "mac-taken": "interface0: the MAC 52:54:00:aa:bb:01 is used by vm 'other' already",
     }[case]
     assert expected in message
+    if case != "unknown-network":  # the listing (no mapping given) shows the same problem
+        assert expected in " ".join(listed(api)["app"]["problems"])
     assert snapshot(api) == before
 
 
