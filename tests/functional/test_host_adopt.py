@@ -278,3 +278,19 @@ def test_a_disk_spelled_through_a_link_is_the_pool_file_it_leads_to(api: Api, po
     assert job["status"] == "succeeded", job
     volume = api.client.get("/api/v1/volumes/default/app.qcow2").json()["volume"]
     assert volume["path"] == str(disk) and volume["attached_to"] == "app"
+
+
+def test_domains_sharing_a_backing_file_share_its_volume(api: Api, pool: Path) -> None:
+    base = qcow2(pool / "golden.qcow2")
+    for index, name in enumerate(("one", "two", "three")):
+        overlay = qcow2(pool / f"{name}.qcow2", backing=base)
+        foreign(api, name, [(str(overlay), "qcow2")], mac=f"52:54:00:aa:bb:1{index}")
+    job = api.wait(adopt(api, "one", "two", network_map={"default": "lan"}).json())  # in one job: made once
+    assert job["status"] == "succeeded", job
+    [plan] = adopt(api, "three", dry_run=True, network_map={"default": "lan"}).json()
+    assert [(layer["volume"], layer["new"]) for layer in plan["disks"][0]["layers"]] == [
+        ("default/three.qcow2", True), ("default/golden.qcow2", False)]
+    assert api.wait(adopt(api, "three", network_map={"default": "lan"}).json())["status"] == "succeeded"
+    volumes = {f"{v['pool']}/{v['name']}": v for v in api.client.get("/api/v1/volumes").json()}
+    assert sorted(volumes) == ["default/golden.qcow2", "default/one.qcow2", "default/three.qcow2", "default/two.qcow2"]
+    assert {volumes[f"default/{name}.qcow2"]["base"] for name in ("one", "two", "three")} == {"default/golden.qcow2"}

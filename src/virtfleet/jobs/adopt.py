@@ -299,15 +299,7 @@ class AdoptService:
         names = [plan.vm for plan in plans]
         if len(set(names)) != len(names):
             raise InvalidSpec("domains", "two of these domains would become VMs of the same name")
-        locks: dict[str, str] = {}
-        for plan in plans:
-            locks[f"vm-name:{plan.vm}"] = f"vm '{plan.vm}'"
-            locks[plan.uuid] = f"vm '{plan.vm}'"
-            for disk in plan.disks:
-                for layer in disk.layers:
-                    locks[f"volume:{layer.volume}"] = f"volume '{layer.volume}'"
-                    if not layer.new:
-                        locks[volume_key(self.storage.volume(layer.volume))] = f"volume '{layer.volume}'"
+        locks = await asyncio.to_thread(self._locks, plans)
         network_map = dict(request.network_map)
 
         async def run(context: JobContext) -> str:
@@ -322,6 +314,20 @@ class AdoptService:
             return "; ".join(done)
 
         return self.runner.submit("host.adopt", "host:adopt", "host adopt", run, locks=locks)
+
+    def _locks(self, plans: list[AdoptPlan]) -> dict[str, str]:
+        """What the job holds: each VM by name and id (the reconcile pass leaves a VM alone while a job holds it),
+        each volume it makes by name and each existing one by id, as every job on them does."""
+        locks: dict[str, str] = {}
+        for plan in plans:
+            locks[f"vm-name:{plan.vm}"] = f"vm '{plan.vm}'"
+            locks[plan.uuid] = f"vm '{plan.vm}'"
+            for disk in plan.disks:
+                for layer in disk.layers:
+                    locks[f"volume:{layer.volume}"] = f"volume '{layer.volume}'"
+                    if not layer.new:
+                        locks[volume_key(self.storage.volume(layer.volume))] = f"volume '{layer.volume}'"
+        return locks
 
     async def _adopt(self, name: str, network_map: dict[str, str], context: JobContext) -> str:
         """Adopt one domain, or leave nothing of it: checked again now that the locks are held."""
