@@ -17,6 +17,7 @@ from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
 from virtfleet.events import EventBus
 from virtfleet.images.catalog import Builder, ImageCatalog
+from virtfleet.jobs.adopt import AdoptService
 from virtfleet.jobs.exports import ExportService
 from virtfleet.jobs.imports import ImportService
 from virtfleet.jobs.networks import NetworkService
@@ -70,6 +71,7 @@ class Server:
     events: EventBus
     imports: ImportService
     exports: ExportService
+    adopt: AdoptService
 
     @classmethod
     def build(cls, settings: Settings, *, builders: Mapping[str, Builder] | None = None) -> Server:
@@ -107,8 +109,10 @@ class Server:
                                 devices=settings.import_devices, reports_dir=settings.data_dir / "imports")
         imports.register_recovery(recovery)
         exports = ExportService(runner, vms, settings.export_dir)
+        adopt = AdoptService(db, driver, runner, storage, disks, networks, intents, host=host)
+        adopt.register_recovery(recovery)
         return cls(settings, db, driver, runner, recovery, images, storage, networks, vms, vm_creator, vm_deleter,
-                   templates, snapshots, reconciler, sampler, auth, events, imports, exports)
+                   templates, snapshots, reconciler, sampler, auth, events, imports, exports, adopt)
 
     async def start(self) -> None:
         for problem in [*await self.storage.activate_all(), *await self.networks.activate_all()]:

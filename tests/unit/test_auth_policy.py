@@ -41,6 +41,9 @@ from virtfleet.model.auth import Role
     ("POST", "/api/v1/imports", Role.OPERATOR),  # reads only the admin-set import directory
     ("GET", "/api/v1/imports/0f3c", Role.VIEWER),  # an import's report
     ("POST", "/api/v1/vms/web/export", Role.OPERATOR),  # writes only into the admin-set export directory
+    ("GET", "/api/v1/host/foreign-domains", Role.OPERATOR),  # other tools' VMs, with their host paths
+    ("POST", "/api/v1/host/adopt", Role.ADMIN),  # turns host files into volumes, foreign VMs into ours
+    ("GET", "/api/v1/host", Role.VIEWER),
     ("GET", "/api/v1/anything-new", Role.VIEWER),
     ("POST", "/api/v1/anything-new", Role.OPERATOR),
     ("GET", "/api/v1", Role.VIEWER),

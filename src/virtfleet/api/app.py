@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from virtfleet import __version__
 from virtfleet.api import errors, routes, users
+from virtfleet.api.adopt import router as adopt_router
 from virtfleet.api.auth import AuthMiddleware
 from virtfleet.api.console import router as console_router
 from virtfleet.api.events import router as events_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, builders: Mapping[str, Builder] | None = N
     app.include_router(imports_router, prefix="/api/v1")  # POST /vms/{ref}/export before /vms/{ref}/{action}
     app.include_router(networks_router, prefix="/api/v1")
     app.include_router(metrics_router, prefix="/api/v1")
+    app.include_router(adopt_router, prefix="/api/v1")
     app.include_router(routes.router, prefix="/api/v1")
     app.include_router(console_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")

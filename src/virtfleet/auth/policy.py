@@ -47,6 +47,10 @@ RULES: tuple[Rule, ...] = (
     _rule("POST", r"/imports", Role.OPERATOR),
     _rule("PUT DELETE", r"/imports/uploads/[^/]+", Role.OPERATOR),
     _rule("POST", r"/vms/[^/]+/export", Role.OPERATOR),
+    # host adopt: the list shows other tools' VMs with their host paths; taking them over shapes the host (it turns
+    # files into volumes and VMs virtfleet never made into its own), like pools and networks do.
+    _rule("GET HEAD", r"/host/foreign-domains", Role.OPERATOR),
+    _rule("POST", r"/host/adopt", Role.ADMIN),
     _rule("GET HEAD OPTIONS", r".*", Role.VIEWER),
     _rule("*", r".*", Role.OPERATOR),  # every change, and every WebSocket (they are all consoles)
 )

@@ -6,15 +6,14 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from virtfleet import __version__
-from virtfleet.cli import image, jobs, network, storage, users, v2v, vm
+from virtfleet.cli import host, image, jobs, network, storage, users, v2v, vm
 from virtfleet.cli.demo import demo
 from virtfleet.cli.events import events
-from virtfleet.cli.output import JsonOption, err, fail, out, run, state
+from virtfleet.cli.output import err, fail, out, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings, is_loopback
 from virtfleet.private_files import PRIVATE_UMASK
 
@@ -31,6 +30,7 @@ app.add_typer(storage.volumes, name="volume")
 app.add_typer(network.app, name="network")
 app.add_typer(users.users, name="user")
 app.add_typer(users.tokens, name="token")
+app.add_typer(host.app, name="host")
 app.command()(demo)
 app.command()(users.audit)
 app.command()(events)
@@ -98,17 +98,6 @@ def serve(
         server.run()
     if not server.started:
         raise typer.Exit(3)  # what uvicorn.run answers when startup fails
-
-
-@app.command("host")
-def host_info(as_json: bool = JsonOption) -> None:
-    """Show this host: CPUs, memory, hypervisor and whether KVM is usable."""
-
-    def render(info: dict[str, Any]) -> None:
-        for key in ("hostname", "cpus", "memory_mib", "driver", "hypervisor", "kvm_usable", "kvm_reason"):
-            out.print(f"[bold]{key + ':':<12}[/bold]{info[key]}")
-
-    run(as_json, lambda c: c.get("/host"), render)
 
 
 def main() -> None:

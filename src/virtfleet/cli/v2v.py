@@ -18,7 +18,7 @@ def _size(value: int | None) -> str:
     return f"{value}B"
 
 
-def _network_map(pairs: list[str]) -> dict[str, str]:
+def parse_network_map(pairs: list[str]) -> dict[str, str]:
     mapping = {}
     for pair in pairs:
         source, sep, target = pair.rpartition("=")
@@ -60,7 +60,7 @@ def import_vm(
     """Import a VM made elsewhere: its CPUs, memory, disks (converted) and NICs (MACs kept), with a report of every
     setting that is not carried over."""
     body = {"path": path, "dry_run": dry_run, "pool": pool, "format": format_,
-            "network_map": _network_map(network_map), "name": name}
+            "network_map": parse_network_map(network_map), "name": name}
     if dry_run:
         run(as_json, lambda c: c.post("/imports", json=body), show_plan)
         return

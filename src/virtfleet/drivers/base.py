@@ -38,6 +38,7 @@ class Capabilities:
     cloud_init: bool = True  # a NoCloud seed disk attached at start
     usage: bool = True  # usage() counters for metrics
     live_migration: bool = False
+    adopt: bool = False  # foreign_domains / take_over: take over domains made by other tools (libvirt only)
     machines: tuple[str, ...] = ("microvm", "q35")  # machine types this driver boots
 
 
@@ -62,6 +63,18 @@ class DomainStatus:
     reason: str = ""
     accel: str = ""
     spec: VmSpec | None = None  # the spec the host recorded, so a domain unknown to the store can be adopted
+
+
+@dataclass(frozen=True)
+class ForeignDomain:
+    """A domain on the host that virtfleet does not manage (made by virt-manager, VDSM, virsh ...), as the
+    hypervisor describes it: `xml` is its libvirt domain XML, read by the v2v libvirt reader."""
+
+    name: str
+    uuid: str
+    state: VmState
+    persistent: bool  # a transient domain vanishes when it stops: it cannot be taken over
+    xml: str
 
 
 @dataclass(frozen=True)
@@ -223,6 +236,16 @@ class Driver(Protocol):
 
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         """The tail of the console history (kept by the host, so nothing is lost while nobody watches)."""
+        ...
+
+    async def foreign_domains(self) -> list[ForeignDomain]:
+        """The host's domains that are not virtfleet's (capability adopt; [] where the driver has none)."""
+        ...
+
+    async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
+        """Mark the foreign domain `name` as virtfleet's VM `vm_id` (recorded with `spec`), in its persistent
+        definition and, when it runs, in the live one; nothing is restarted. Refuses a transient domain, and one
+        that is virtfleet's already (Conflict); Unsupported without the adopt capability."""
         ...
 
     def watch(self, on_change: Callable[[str], None]) -> None:

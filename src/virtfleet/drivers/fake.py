@@ -23,6 +23,7 @@ from virtfleet.drivers.base import (
     DiskChain,
     DomainStatus,
     DriverConfig,
+    ForeignDomain,
     HostInfo,
     MemoryAction,
     OpenImage,
@@ -71,6 +72,13 @@ class FakeHost:
     next_pid: int = 40000
     fail_next: dict[str, str] = field(default_factory=dict)  # operation -> error message, consumed once
     holds: dict[str, Hold] = field(default_factory=dict)  # operation -> where its next call waits, consumed once
+    foreign: dict[str, ForeignDomain] = field(default_factory=dict)  # name -> a domain other tools made
+
+    def add_foreign(self, name: str, uuid: str, xml: str, state: VmState = VmState.STOPPED, *,
+                    persistent: bool = True) -> ForeignDomain:
+        """A domain virt-manager or VDSM made on this host: real libvirt XML, for `host adopt` to read."""
+        domain = self.foreign[name] = ForeignDomain(name, uuid, state, persistent, xml)
+        return domain
 
     def hold(self, operation: str) -> Hold:
         """Make the next `operation` call (list_domains: after it has read the domains) wait for hold.released."""
@@ -100,7 +108,7 @@ class FakeDriver:
         self._on_change: Callable[[str], None] = lambda vm_id: None
 
     def capabilities(self) -> Capabilities:
-        return Capabilities()
+        return Capabilities(adopt=True)
 
     async def host_info(self) -> HostInfo:
         return HostInfo(
@@ -324,6 +332,28 @@ class FakeDriver:
 
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         return bytes(self._domain(vm_id).console[-max_bytes:])
+
+    async def foreign_domains(self) -> list[ForeignDomain]:
+        return sorted(self.host.foreign.values(), key=lambda domain: domain.name)
+
+    async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
+        foreign = self.host.foreign.get(name)
+        if foreign is None:
+            raise NotFound("foreign domain", name)
+        if not foreign.persistent:
+            raise Conflict(f"domain {name} is transient: it has no definition that outlives it; define it first")
+        if vm_id in self.host.domains:
+            raise Conflict(f"a domain with id {vm_id} is virtfleet's already")
+        self._maybe_fail("take_over")
+        live = foreign.state in (VmState.RUNNING, VmState.PAUSED)
+        if live:
+            self.host.next_pid += 1
+        domain = self.host.domains[vm_id] = FakeDomain(spec, foreign.state, self.host.next_pid if live else None,
+                                                       "taken over" if live else "")
+        if live:  # what the running domain has open: its disks as they were (the adopt registered each layer)
+            domain.chains = [[str(d.path), *(layer.path for layer in d.backing_chain)] for d in spec.disks]
+        del self.host.foreign[name]
+        self._on_change(vm_id)
 
     def watch(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change

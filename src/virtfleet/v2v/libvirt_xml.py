@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from virtfleet.v2v import disks, xmlsafe
 from virtfleet.v2v.errors import SourceError
@@ -41,7 +43,24 @@ def _memory_mib(domain: ET.Element, file: str) -> int:
     return max(1, _int(element.text, file, "memory") * _UNITS[unit] >> 20)
 
 
-def _disk(root: ImportDir, rel: str, element: ET.Element, index: int, warnings: list[str]) -> SourceDisk | None:
+@dataclass(frozen=True)
+class DiskElement:
+    """One <disk device='disk'> as the domain describes it, before anything on the host is looked at."""
+
+    label: str  # its target device (vda, hdb ...)
+    kind: str  # file, block, network, volume ...
+    controller: str
+    source: str | None  # the file or the block device
+    driver_type: str | None  # the format libvirt opens it with
+    protocol: str | None  # a network disk's
+
+
+# Turns a disk element into the disk it is (or refuses it, SourceError): the import reads it inside the import
+# directory, `host adopt` leaves it where it is on the host. Warnings go into the list.
+DiskReader = Callable[[DiskElement, list[str]], SourceDisk]
+
+
+def _disk_element(rel: str, element: ET.Element, index: int, warnings: list[str]) -> DiskElement | None:
     device = attr(element, "device") or "disk"
     target = child(element, "target")
     label = (attr(target, "dev") if target is not None else None) or f"disk{index}"
@@ -53,34 +72,48 @@ def _disk(root: ImportDir, rel: str, element: ET.Element, index: int, warnings: 
     bus = (attr(target, "bus") if target is not None else None) or \
         next((c for prefix, c in _CONTROLLERS.items() if label.startswith(prefix)), "unknown")
     driver = child(element, "driver")
-    given = attr(driver, "type") if driver is not None else None
     if child(element, "readonly") is not None:
         warnings.append(f"{label}: was read-only; imported writable")
-    if kind == "block":
-        path = attr(source, "dev") if source is not None else None
-        if not path:
-            raise SourceError(rel, f"{label}.source", "a block disk names no device")
+    path = None
+    if source is not None:
+        path = attr(source, "dev") if kind == "block" else attr(source, "file")
+    if kind == "block" and not path:
+        raise SourceError(rel, f"{label}.source", "a block disk names no device")
+    if kind == "file" and not path:
+        warnings.append(f"{label}: has no source file; not carried over")
+        return None
+    return DiskElement(label=label, kind=kind, controller=bus, source=path,
+                       driver_type=attr(driver, "type") if driver is not None else None,
+                       protocol=attr(source, "protocol") if source is not None else None)
+
+
+def _import_disk(root: ImportDir, rel: str, disk: DiskElement, warnings: list[str]) -> SourceDisk:
+    """A disk of a domain XML in the import directory: its file beside the XML (relocated when the XML names its
+    place on the old host), a host block device only when an admin allowed it."""
+    label, path = disk.label, disk.source or ""
+    if disk.kind == "block":
         if not root.device_allowed(path):
             raise SourceError(rel, f"{label}.source", f"{path} is a host block device; an admin must allow it "
                                                       "(VIRTFLEET_IMPORT_DEVICES) before it is read")
-        return SourceDisk(label=label, layout="host block device", controller=bus, device=path)
-    if kind != "file":
-        protocol = attr(source, "protocol") if source is not None else None
-        raise SourceError(rel, f"{label}.type", f"a {kind} disk{f' ({protocol})' if protocol else ''} cannot be "
-                                                "imported; copy it into a file first")
-    path = attr(source, "file") if source is not None else None
-    if not path:
-        warnings.append(f"{label}: has no source file; not carried over")
-        return None
+        return SourceDisk(label=label, layout="host block device", controller=disk.controller, device=path)
+    if disk.kind != "file":
+        protocol = disk.protocol
+        raise SourceError(rel, f"{label}.type", f"a {disk.kind} disk{f' ({protocol})' if protocol else ''} cannot "
+                                                "be imported; copy it into a file first")
     disk_rel, note = root.join(rel, path, file=rel, field=f"{label}.source", relocate=True)
     if note:
         warnings.append(note)
-    fmt = disks.format_of(path, rel, f"{label}.driver", given)
-    return disks.from_file(root, disk_rel, label=label, controller=bus, fmt=fmt)
+    fmt = disks.format_of(path, rel, f"{label}.driver", disk.driver_type)
+    return disks.from_file(root, disk_rel, label=label, controller=disk.controller, fmt=fmt)
 
 
 def read(root: ImportDir, rel: str, data: bytes | None = None) -> SourceVm:
     data = data if data is not None else root.read(rel, limit=MAX_XML, file=rel, field="xml")
+    return parse(data, rel, lambda disk, warnings: _import_disk(root, rel, disk, warnings))
+
+
+def parse(data: bytes, rel: str, read_disk: DiskReader) -> SourceVm:
+    """A domain XML (named `rel` in errors and the plan) -> SourceVm, each disk made what it is by `read_disk`."""
     domain = xmlsafe.parse(data, rel)
     if local(domain.tag) != "domain":
         raise SourceError(rel, "domain", f"the document is a <{local(domain.tag)}>, not a libvirt domain")
@@ -115,9 +148,9 @@ def read(root: ImportDir, rel: str, data: bytes | None = None) -> SourceVm:
     for index, element in enumerate(list(devices) if devices is not None else []):
         tag = local(element.tag)
         if tag == "disk":
-            disk = _disk(root, rel, element, index, warnings)
-            if disk is not None:
-                found_disks.append(disk)
+            described = _disk_element(rel, element, index, warnings)
+            if described is not None:
+                found_disks.append(read_disk(described, warnings))
         elif tag == "interface":
             mac_element = child(element, "mac")
             source = child(element, "source")

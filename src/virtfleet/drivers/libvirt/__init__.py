@@ -1,1 +1,1 @@
-"""The libvirt driver: domains defined and driven through libvirt-python (qemu:///system)."""
+"""The libvirt driver: virtfleet domains as libvirt domains (q35 only), state changes from libvirt events."""

@@ -30,6 +30,7 @@ from virtfleet.drivers.base import (
     DiskChain,
     DomainStatus,
     DriverConfig,
+    ForeignDomain,
     HostInfo,
     MemoryAction,
     UsageSample,
@@ -642,6 +643,13 @@ class QemuDriver:
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         paths = self._require_defined(vm_id)
         return read_tail(paths.console_log, max_bytes)
+
+    async def foreign_domains(self) -> list[ForeignDomain]:
+        return []  # a QEMU this driver did not start has no run directory: nothing here to take over
+
+    async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
+        raise Unsupported("the qemu driver cannot take over domains made by other tools (capability 'adopt'); "
+                          "run the server with the libvirt driver")
 
     def watch(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change

@@ -1,0 +1,110 @@
+"""Domains other tools made (virt-manager, oVirt's VDSM, virsh): finding them, and taking them over in place.
+
+A domain is virtfleet's when its <metadata> holds our element (namespace NAMESPACE); every other domain is foreign.
+Taking one over adds that element, with the VM id and the spec virtfleet recorded, to the persistent definition and,
+when it runs, to the live one too: the guest keeps running, nothing is redefined or restarted. A transient domain has
+no definition that outlives it (it is gone at its next stop), so it cannot be taken over.
+
+Blocking libvirt calls: run these functions in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET  # libvirt's own output only, never a user's file
+from typing import Any
+
+import libvirt
+
+from virtfleet.drivers.base import ForeignDomain
+from virtfleet.errors import Conflict, DriverError, NotFound
+from virtfleet.model.vm import VmSpec, VmState
+
+# The libvirt driver's own metadata (drivers/libvirt/domxml.py writes the same element for the domains it defines).
+NAMESPACE = "https://virtfleet.org/xmlns/domain/1"
+METADATA_KEY = "virtfleet"
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: VmState.STOPPED,
+    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VmState.RUNNING,  # running, waiting on a resource
+    libvirt.VIR_DOMAIN_PAUSED: VmState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VmState.STOPPING,
+    libvirt.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: VmState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: VmState.PAUSED,
+}
+
+
+def domain_state(domain: Any) -> VmState:
+    state, _reason = domain.state()
+    return _STATES.get(state, VmState.STOPPED)
+
+
+def _has_our_metadata(xml: str) -> bool:
+    metadata = ET.fromstring(xml).find("metadata")  # noqa: S314 - libvirt's own XML, not a user's file
+    return metadata is not None and any(child.tag.startswith(f"{{{NAMESPACE}}}") for child in metadata)
+
+
+def is_ours(domain: Any) -> bool:
+    """Whether either definition of the domain (the live one, or the persistent one of a running domain) carries
+    our metadata: a domain marked in one is never offered for adoption again."""
+    if _has_our_metadata(domain.XMLDesc(0)):
+        return True
+    return bool(domain.isPersistent() and domain.isActive()
+                and _has_our_metadata(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+
+def _foreign(domain: Any) -> ForeignDomain:
+    # The persistent definition is what the domain boots with next; a running domain's live XML has the same
+    # devices plus runtime details (ids, aliases) the v2v reader ignores.
+    return ForeignDomain(name=domain.name(), uuid=domain.UUIDString(), state=domain_state(domain),
+                         persistent=bool(domain.isPersistent()), xml=domain.XMLDesc(0))
+
+
+def list_foreign(conn: Any) -> list[ForeignDomain]:
+    """Every domain of the connection, persistent or running, that is not virtfleet's; sorted by name."""
+    found = []
+    for domain in conn.listAllDomains(0):
+        try:
+            if not is_ours(domain):
+                found.append(_foreign(domain))
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue  # undefined while we listed it
+            raise DriverError("cannot read the domains of the host", str(error)) from None
+    return sorted(found, key=lambda domain: domain.name)
+
+
+def metadata_element(vm_id: str, spec: VmSpec) -> str:
+    """Our element as setMetadata() takes it: <virtfleet:vm> with the VM id and the recorded spec (JSON)."""
+    holder = ET.Element(f"{{{NAMESPACE}}}vm")
+    ET.SubElement(holder, f"{{{NAMESPACE}}}id").text = vm_id
+    ET.SubElement(holder, f"{{{NAMESPACE}}}spec").text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return ET.tostring(holder, encoding="unicode")
+
+
+def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec) -> None:
+    """Make the foreign domain `name` virtfleet's VM `vm_id`: our metadata into its persistent definition, and into
+    the live one when it runs (AFFECT_CONFIG | AFFECT_LIVE: the guest is not touched)."""
+    try:
+        domain = conn.lookupByName(name)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NotFound("domain", name) from None
+        raise DriverError(f"cannot look up domain {name}", str(error)) from None
+    if not domain.isPersistent():
+        raise Conflict(f"domain {name} is transient: it has no definition that outlives it, so it cannot be managed "
+                       f"across restarts; make it persistent first (virsh dumpxml {name} > {name}.xml; "
+                       f"virsh define {name}.xml)")
+    if is_ours(domain):
+        raise Conflict(f"domain {name} is virtfleet's already")
+    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if domain.isActive():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_element(vm_id, spec), METADATA_KEY,
+                           NAMESPACE, flags)
+    except libvirt.libvirtError as error:
+        raise DriverError(f"cannot mark domain {name} as virtfleet's", str(error)) from None
+
