@@ -1,0 +1,1 @@
+"""The libvirt driver: virtfleet domains as libvirt domains (q35 only), state changes from libvirt events."""
