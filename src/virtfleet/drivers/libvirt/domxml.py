@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-import xml.etree.ElementTree as ET  # noqa: S405 - we build XML here and parse only libvirt's own output
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Literal
 
