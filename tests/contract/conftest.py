@@ -1,7 +1,9 @@
 """One environment per driver for the shared driver contract: the same tests run against every driver.
 
 The "fake" driver runs everywhere; the "qemu" driver boots the real tiny guest under TCG and is marked
-`integration`, so `-m "not integration"` runs the fake half alone and needs no built image.
+`integration`, so `-m "not integration"` runs the fake half alone and needs no built image. "libvirt" runs on
+libvirt's in-process mock hypervisor (test:///default: no daemon, no guest): a test that needs what a driver
+lacks skips by reading its capabilities(), never by its name.
 """
 
 from __future__ import annotations
@@ -48,9 +50,18 @@ class DriverEnv:
         self.drivers.append(driver)
         return driver
 
+    def require(self, *capabilities: str) -> None:
+        """Skip the test unless the driver declares every one of these capabilities."""
+        declared = self.driver.capabilities()
+        missing = [name for name in capabilities if not getattr(declared, name)]
+        if missing:
+            pytest.skip(f"{self.name} driver lacks {', '.join(missing)}")
+
     def spec(self, name: str, **overrides: Any) -> VmSpec:
-        fields: dict[str, Any] = {"name": name, "cpus": 1, "memory": 256, "machine": "microvm"}
-        if self.name == "qemu":
+        machines = self.driver.capabilities().machines
+        fields: dict[str, Any] = {"name": name, "cpus": 1, "memory": 256,
+                                  "machine": "microvm" if "microvm" in machines else machines[0]}
+        if self.name != "fake":
             fields["accel"] = "tcg"  # KVM is not usable on the test machines
         fields.update(overrides)
         return VmSpec(**fields)
@@ -75,7 +86,9 @@ class DriverEnv:
         return BootImage(built.name, built.kernel, built.initrd, " ".join(p for p in parts if p))
 
     async def start(self, vm_id: str, spec: VmSpec) -> DomainStatus:
-        """define + start + wait for the READY marker: the common preamble of the lifecycle tests."""
+        """define + start + wait for the READY marker: the common preamble of the lifecycle tests (which need
+        the console to see it)."""
+        self.require("console")
         await self.driver.define(vm_id, spec)
         status = await self.driver.start(vm_id, spec, self.boot(spec))
         await self.wait_console(vm_id, ready_line(spec.name), self.boot_timeout)
@@ -111,11 +124,14 @@ class DriverEnv:
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration)])
+LIBVIRT_MOCK = {"uri": "test:///default"}
+
+
+@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration), "libvirt"])
 async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[DriverEnv]:
     name: str = request.param
     # run_dir does not exist yet: the server does not create it either, so the driver must.
-    config = DriverConfig(run_dir=short_tmp / "run")
+    config = DriverConfig(run_dir=short_tmp / "run", extra=LIBVIRT_MOCK if name == "libvirt" else {})
     image_dir: Path | None = None
     boot_timeout = 5.0
     if name == "qemu":

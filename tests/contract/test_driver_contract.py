@@ -106,6 +106,7 @@ async def test_define_list_status_undefine(env: DriverEnv) -> None:
 
 
 async def test_lifecycle_start_pause_resume_shutdown(env: DriverEnv) -> None:
+    env.require("console", "pause", "acpi_shutdown")  # the guest's READY line shows on its console
     vm_id = new_vm_id()
     driver = env.driver
     spec = env.spec("c-life")
@@ -145,6 +146,7 @@ async def test_lifecycle_start_pause_resume_shutdown(env: DriverEnv) -> None:
 
 
 async def test_reboot_then_stop_keeps_console_history(env: DriverEnv) -> None:
+    env.require("reboot")
     vm_id = new_vm_id()
     driver = env.driver
     spec = env.spec("c-reboot")
@@ -280,6 +282,7 @@ async def rfb_handshake(streams: ConsoleStreams) -> ServerInit:
 
 
 async def test_vnc_stream_speaks_rfb_to_several_clients(env: DriverEnv) -> None:
+    env.require("vnc")
     driver = env.driver
     plain, desk = new_vm_id(), new_vm_id()
     await driver.define(plain, env.spec("c-plain"))
@@ -327,6 +330,7 @@ def test_ready_marker_matches_the_guest() -> None:
 async def test_block_graph_is_read_back_and_an_interrupted_merge_finishes(env: DriverEnv) -> None:
     """What crash recovery of snapshots relies on: the driver tells which image each disk writes and which
     internal snapshots the images hold, and a merge whose agent died before the switch is finished, not stuck."""
+    env.require("snapshots", "memory_snapshots")
     vm_id = new_vm_id()
     base, overlay = env.config.run_dir.parent / "disk", env.config.run_dir.parent / "disk@1"
     await asyncio.to_thread(qemu_img.create, base, "qcow2", 16 << 20)

@@ -59,7 +59,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you mean otherwise)."),
     port: int = typer.Option(DEFAULT_PORT, help="TCP port."),
     data_dir: Path | None = typer.Option(None, envvar="VIRTFLEET_DATA_DIR", help="State, images and VM runtime."),
-    driver: str | None = typer.Option(None, envvar="VIRTFLEET_DRIVER", help="qemu (default) or fake."),
+    driver: str | None = typer.Option(None, envvar="VIRTFLEET_DRIVER", help="qemu (default), fake, or libvirt[:URI] (default URI qemu:///system)."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this PEM certificate."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The certificate's PEM private key."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),

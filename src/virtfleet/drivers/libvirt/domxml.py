@@ -156,9 +156,14 @@ def _disks(devices: ET.Element, disks: list[DiskSpec], boot: BootImage | None) -
 
 
 def build_domain_xml(vm_id: str, spec: VmSpec, boot: BootImage | None, paths: RunPaths, domain_type: DomainType,
-                     *, defined_spec: VmSpec | None = None) -> str:
+                     *, defined_spec: VmSpec | None = None, run_as: tuple[int, int] | None = None) -> str:
     """The domain XML for `spec` (the devices it runs with). The metadata keeps `defined_spec`, what define() was
-    given (default `spec`): status() reports that, as the qemu driver's domain.json does."""
+    given (default `spec`): status() reports that, as the qemu driver's domain.json does.
+
+    `run_as` (uid, gid): QEMU runs as this user and libvirt relabels nothing. virtfleet's files (kernel images,
+    pool volumes, the run directory) live under a private data directory only its own user can enter, and
+    libvirt's dynamic ownership would chown pool volumes back and forth under virtfleet's feet: so a local
+    libvirt runs QEMU as virtfleet's user, as the qemu driver does."""
     if spec.machine != "q35":
         raise Unsupported("libvirt boots machine q35 only (libvirt 9 has no microvm): set machine: q35")
     domain = ET.Element("domain", {"type": domain_type})
@@ -196,5 +201,8 @@ def build_domain_xml(vm_id: str, spec: VmSpec, boot: BootImage | None, paths: Ru
         _sub(devices, "graphics", type="vnc", socket=str(paths.vnc))
         _sub(_sub(devices, "video"), "model", type="vga")
     _sub(devices, "memballoon", model="none")
+    if run_as is not None:
+        label = _sub(domain, "seclabel", type="static", model="dac", relabel="no")
+        _sub(label, "label", f"+{run_as[0]}:+{run_as[1]}")
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
