@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class DriverEnv:
     boot_timeout: float  # seconds from start() to the READY marker
     image_dir: Path | None = None  # the built tiny image (qemu only)
     drivers: list[Driver] = field(default_factory=list)  # every instance created, closed at teardown
+    unique_names: bool = False  # a hypervisor shared with others: suffix every VM name
 
     def new_driver(self) -> Driver:
         """A fresh driver instance on the same run_dir, the way a restarted agent starts over."""
@@ -64,6 +66,8 @@ class DriverEnv:
         if self.name != "fake":
             fields["accel"] = "tcg"  # KVM is not usable on the test machines
         fields.update(overrides)
+        if self.unique_names:
+            fields["name"] = f"{name}-{uuid.uuid4().hex[:8]}"
         return VmSpec(**fields)
 
     def boot(self, spec: VmSpec) -> BootImage:
@@ -115,7 +119,7 @@ class DriverEnv:
 
     async def kill_hypervisor(self, vm_id: str, pid: int | None = None) -> None:
         """Kill the hypervisor under a running domain (its `pid`, else asked of the driver), behind its back."""
-        if self.name == "fake":
+        if self.name == "fake":  # no process: the fake host crashes it
             fake_host_for(self.config).crash(vm_id)
             return
         if pid is None:
@@ -124,21 +128,32 @@ class DriverEnv:
         os.kill(pid, signal.SIGKILL)
 
 
-LIBVIRT_MOCK = {"uri": "test:///default"}
+# Per environment: the driver and its options. "libvirt-system" is the real libvirtd (qemu:///system), shared
+# with other users of this host: its domains get unique names (DriverEnv.unique_names).
+ENVIRONMENTS = {
+    "fake": ("fake", {}),
+    "qemu": ("qemu", {}),
+    "libvirt": ("libvirt", {"uri": "test:///default"}),
+    "libvirt-system": ("libvirt", {"uri": "qemu:///system"}),
+}
 
 
-@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration), "libvirt"])
+@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration), "libvirt",
+                        pytest.param("libvirt-system", marks=pytest.mark.integration)])
 async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[DriverEnv]:
-    name: str = request.param
+    name, options = ENVIRONMENTS[request.param]
+    if request.param == "libvirt-system":
+        request.getfixturevalue("libvirtd")
     # run_dir does not exist yet: the server does not create it either, so the driver must.
-    config = DriverConfig(run_dir=short_tmp / "run", extra=LIBVIRT_MOCK if name == "libvirt" else {})
+    config = DriverConfig(run_dir=short_tmp / "run", extra=options)
     image_dir: Path | None = None
     boot_timeout = 5.0
-    if name == "qemu":
+    if request.param in ("qemu", "libvirt-system"):
         image_dir = request.getfixturevalue("tiny_image_dir")
         boot_timeout = 90.0
     driver = create_driver(name, config)
-    environment = DriverEnv(name, config, driver, boot_timeout, image_dir, [driver])
+    environment = DriverEnv(name, config, driver, boot_timeout, image_dir, [driver],
+                            unique_names=request.param == "libvirt-system")
     try:
         yield environment
     finally:

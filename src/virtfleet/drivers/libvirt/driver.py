@@ -53,6 +53,7 @@ _LIVE_AND_CONFIG = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CO
 _STATS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_BLOCK
           | libvirt.VIR_DOMAIN_STATS_INTERFACE)
 _ACCEL = {"kvm": "kvm", "qemu": "tcg"}
+LIBVIRT_CATCH_UP = 3.0  # seconds libvirt may take to notice that a QEMU process died
 
 
 def _options(config: DriverConfig) -> LibvirtOptions:
@@ -172,20 +173,34 @@ class LibvirtDriver:
     def _status(self, domain: libvirt.virDomain, root: ET.Element, meta: domxml.DomainMeta) -> DomainStatus:
         state_code, reason_code = domain.state()
         state, reason = map_state(state_code, reason_code)
+        pid = None
+        if state not in (VmState.STOPPED, VmState.CRASHED):
+            pid, gone = self._pid(domain, meta.vm_id)
+            # QEMU died and libvirt has not handled its end yet (it does so asynchronously): wait for its word
+            # rather than report a dead domain as running.
+            deadline = time.monotonic() + LIBVIRT_CATCH_UP
+            while gone and time.monotonic() < deadline:
+                time.sleep(0.05)
+                state, reason = map_state(*domain.state())
+                gone = state not in (VmState.STOPPED, VmState.CRASHED)
         if state in (VmState.STOPPED, VmState.CRASHED):
             return DomainStatus(meta.vm_id, state, None, reason, "", meta.spec)
-        return DomainStatus(meta.vm_id, state, self._pid(domain, meta.vm_id), reason,
-                            _ACCEL.get(root.get("type", ""), ""), meta.spec)
+        return DomainStatus(meta.vm_id, state, pid, reason, _ACCEL.get(root.get("type", ""), ""), meta.spec)
 
-    def _pid(self, domain: libvirt.virDomain, vm_id: str) -> int | None:
-        """The QEMU process of a running domain on this host: libvirt's pidfile, checked against the -uuid it
-        was given (a stale pidfile or a reused pid is not ours). None for the mock and remote hosts."""
+    def _pid(self, domain: libvirt.virDomain, vm_id: str) -> tuple[int | None, bool]:
+        """(pid, gone) of the QEMU process of a running domain on this host: libvirt's pidfile, checked against
+        the -uuid it was given. `gone`: the pidfile names a process that is no longer ours (dead). (None, False)
+        for the mock and remote hosts."""
         if self.options.scheme != "qemu" or not self.options.local:
-            return None
+            return None, False
         run = Path("/run/libvirt/qemu") if self.options.uri.endswith("/system") else Path(
             os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")) / "libvirt/qemu/run"
         pid = read_pid(run / f"{domain.name()}.pid")
-        return pid if pid is not None and is_our_qemu(pid, domxml.domain_uuid(vm_id)) else None
+        if pid is None:
+            return None, False
+        if is_our_qemu(pid, domxml.domain_uuid(vm_id)):
+            return pid, False
+        return None, True
 
     def _domain_event(self, domain: libvirt.virDomain) -> None:
         """On libvirt's event thread: tell the agent, on its loop, which VM may have changed."""
