@@ -163,6 +163,8 @@ async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[
             for status in await live.list_domains():
                 with contextlib.suppress(Exception):
                     await live.stop(status.vm_id)
+                with contextlib.suppress(Exception):  # a shared libvirtd keeps what is not undefined
+                    await live.undefine(status.vm_id)
         for each in environment.drivers:
             with contextlib.suppress(Exception):
                 await each.close()

@@ -15,7 +15,7 @@ class LibvirtOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    uri: str = Field(default=DEFAULT_URI, min_length=1, max_length=1024)
+    uri: str = Field(default=DEFAULT_URI, max_length=1024)
     username: str | None = Field(default=None, min_length=1, max_length=256)
     password: SecretStr | None = Field(default=None, max_length=1024)
 
