@@ -7,6 +7,8 @@ One guest, two boots: the suite's time budget is tight.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -45,7 +47,7 @@ async def crash_seen_by_event(vm_id: str, name: str, run_dir: Path) -> tuple[flo
         pid = read_pid(Path("/run/libvirt/qemu") / f"{name}.pid")
         assert pid is not None
         killed = time.monotonic()
-        subprocess.run(["kill", "-9", str(pid)], check=True)
+        os.kill(pid, signal.SIGKILL)
         while await asyncio.wait_for(announced.get(), 10.0) != vm_id:
             pass
         elapsed = time.monotonic() - killed
