@@ -158,6 +158,31 @@ async def test_lifecycle_and_events_reach_watch(driver: LibvirtDriver) -> None:
         await driver.status(vm_id)
 
 
+async def test_events_of_domains_a_driver_never_looked_at_are_resolved_and_foreign_ones_dropped(
+        driver: LibvirtDriver, short_tmp: Path) -> None:
+    watcher = LibvirtDriver(DriverConfig(short_tmp / "watch", extra=MOCK))
+    changed: asyncio.Queue[str] = asyncio.Queue()
+    watcher.watch(changed.put_nowait)
+    conn = libvirt.open("test:///default")
+    try:
+        await watcher.list_domains()  # connected (and subscribed); it knows no domain of ours yet
+        foreign = conn.lookupByName("test")
+        foreign.suspend()  # someone else's domain: its events are nobody's business here
+        foreign.resume()
+        vm_id = str(uuid.uuid4())
+        await driver.define(vm_id, spec("seen"))
+        await driver.start(vm_id, spec("seen"), None)
+        assert await asyncio.wait_for(changed.get(), 5.0) == vm_id  # looked up by its UUID, then reported
+        await driver.stop(vm_id)
+        assert await asyncio.wait_for(changed.get(), 5.0) == vm_id
+        await asyncio.sleep(0.2)
+        rest = [changed.get_nowait() for _ in range(changed.qsize())]
+        assert set(rest) <= {vm_id}  # (defined, started, stopped ...) and nothing for the foreign domain
+    finally:
+        conn.close()
+        await watcher.close()
+
+
 async def test_what_libvirt_cannot_do_is_refused_naming_the_capability(driver: LibvirtDriver) -> None:
     vm_id = str(uuid.uuid4())
     forwarded = spec("fwd", nics=[{"network": "usr", "user_mode": True, "forwards": ["tcp:8080:80"]}])

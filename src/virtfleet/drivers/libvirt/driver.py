@@ -89,6 +89,8 @@ class LibvirtDriver:
         self._locks: dict[str, asyncio.Lock] = {}
         self._consoles: dict[str, asyncio.StreamWriter] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._kvm_probe: KvmProbe | None = None
         self._on_change: Callable[[str], None] = lambda vm_id: None
 
     # --- host ----------------------------------------------------------------------------------------------
@@ -107,6 +109,11 @@ class LibvirtDriver:
         return probe_kvm() if self.options.local else KvmProbe(True, "remote host: libvirt decides")
 
     def _kvm(self, conn: libvirt.virConnect) -> KvmProbe:
+        if self._kvm_probe is None:
+            self._kvm_probe = self._probe_kvm(conn)
+        return self._kvm_probe
+
+    def _probe_kvm(self, conn: libvirt.virConnect) -> KvmProbe:
         """KVM is usable when libvirt offers the kvm domain type for q35 and, on this host, the CPU really has
         hardware virtualization (the qemu driver's probe: a /dev/kvm without vmx/svm crashes guests)."""
         if self.options.scheme != "qemu":
@@ -143,7 +150,7 @@ class LibvirtDriver:
             message = error.get_error_message() or str(error)
             if code == libvirt.VIR_ERR_NO_DOMAIN:
                 raise NotFound("domain", message) from None
-            if code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
+            if code == libvirt.VIR_ERR_OPERATION_INVALID:  # e.g. "domain is not running"
                 raise Conflict(message) from None
             raise DriverError("libvirt refused", message) from None
 
@@ -203,15 +210,37 @@ class LibvirtDriver:
         return None, True
 
     def _domain_event(self, domain: libvirt.virDomain) -> None:
-        """On libvirt's event thread: tell the agent, on its loop, which VM may have changed."""
-        vm_id = self._vm_ids.get(domain.UUIDString())
-        if vm_id is None:
-            with contextlib.suppress(libvirt.libvirtError):
-                meta = _meta(_parse(domain.XMLDesc(0)))
-                vm_id = meta.vm_id if meta is not None else None
+        """On libvirt's event thread: tell the agent, on its loop, which VM may have changed. No RPC here (the
+        event thread must not wait on the daemon): a domain not seen yet is looked up from the loop."""
+        uuid = domain.UUIDString()
         loop = self._loop
-        if vm_id is not None and loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        vm_id = self._vm_ids.get(uuid)
+        if vm_id is not None:
             loop.call_soon_threadsafe(self._on_change, vm_id)
+        else:
+            loop.call_soon_threadsafe(self._resolve_event, uuid)
+
+    def _resolve_event(self, uuid: str) -> None:
+        async def resolve() -> None:
+            def find(conn: libvirt.virConnect) -> str | None:
+                try:
+                    meta = _meta(_parse(conn.lookupByUUIDString(uuid).XMLDesc(0)))
+                except libvirt.libvirtError:
+                    return None  # gone already (undefined): nobody's to report
+                if meta is None:
+                    return None  # not ours
+                self._vm_ids[uuid] = meta.vm_id
+                return meta.vm_id
+
+            with contextlib.suppress(DriverError):
+                if (vm_id := await self._call(find)) is not None:
+                    self._on_change(vm_id)
+
+        task = asyncio.get_running_loop().create_task(resolve())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def watch(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
@@ -598,6 +627,7 @@ class LibvirtDriver:
         return await asyncio.to_thread(read_tail, self._paths(vm_id).console_log, max_bytes)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._pending, return_exceptions=True)
         for writer in self._consoles.values():
             writer.close()
         self._consoles.clear()
