@@ -195,3 +195,29 @@ def test_user_text_cannot_change_the_document() -> None:
 def test_target_dev_names() -> None:
     assert [target_dev("virtio-blk", i) for i in (0, 1, 25, 26, 27)] == ["vda", "vdb", "vdz", "vdaa", "vdab"]
     assert target_dev("virtio-scsi", 2) == "sdc"
+
+
+def test_hotplug_finds_disks_by_file_and_picks_a_free_target_name() -> None:
+    from virtfleet.drivers.libvirt.devices import disk_by_file, free_target, nic_by_mac, with_link
+
+    domain = _parse("q35-kvm-disks")
+    assert free_target([domain], "virtio-blk") == "vdb"  # vda is taken, whatever the index of the new disk
+    config = ET.fromstring('<domain><devices><disk><target dev="vdb"/></disk></devices></domain>')  # noqa: S314
+    assert free_target([domain, config], "virtio-blk") == "vdc"  # free live and for the next boot
+    found = disk_by_file("/pools/default/seed.raw")(domain)
+    assert found is not None and found.find("target").get("dev") == "sda"  # type: ignore[union-attr]
+    assert disk_by_file("/pools/default/snap.qcow2")(domain) is None  # a backing layer is not a disk
+    nic = nic_by_mac("52:54:00:aa:bb:02")(_parse("q35-nics"))
+    assert nic is not None
+    assert 'state="up"' in with_link(nic, True) and nic_by_mac("52:54:00:aa:bb:99")(_parse("q35-nics")) is None
+
+
+def test_usage_sums_every_disk_and_nic_of_the_stats() -> None:
+    from virtfleet.drivers.libvirt.devices import usage_from_stats
+
+    sample = usage_from_stats({"cpu.time": 2_500_000_000, "balloon.rss": 1024, "block.count": 2,
+                               "block.0.rd.bytes": 10, "block.1.rd.bytes": 5, "block.0.wr.bytes": 7,
+                               "net.0.rx.bytes": 3, "net.1.rx.bytes": 4, "net.0.tx.bytes": 9})
+    assert (sample.cpu_seconds, sample.memory_bytes) == (2.5, 1 << 20)
+    assert (sample.disk_read_bytes, sample.disk_write_bytes, sample.net_rx_bytes, sample.net_tx_bytes) == (
+        15, 7, 7, 9)

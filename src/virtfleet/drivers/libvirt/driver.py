@@ -34,7 +34,7 @@ from virtfleet.drivers.base import (
     MemoryAction,
     UsageSample,
 )
-from virtfleet.drivers.libvirt import domxml
+from virtfleet.drivers.libvirt import devices, domxml
 from virtfleet.drivers.libvirt.connection import Connection
 from virtfleet.drivers.libvirt.options import LibvirtOptions, parse_options
 from virtfleet.drivers.libvirt.state import map_state
@@ -455,11 +455,7 @@ class LibvirtDriver:
             domain, root, _ = self._lookup(conn, vm_id)
             if not domain.isActive():
                 raise Conflict(f"domain {vm_id} is not running")
-            # Target names are hints (the guest names disks by bus order); one no disk uses, live or next boot.
-            config = _parse(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            taken = {t.get("dev") for tree in (root, config) for t in tree.iterfind("devices/disk/target")}
-            dev = next(domxml.target_dev(disk.bus, i) for i in range(len(taken) + 1)
-                       if domxml.target_dev(disk.bus, i) not in taken)
+            dev = devices.free_target([root, _parse(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))], disk.bus)
             domain.attachDeviceFlags(ET.tostring(domxml.disk_element(disk, dev), encoding="unicode"),
                                      _LIVE_AND_CONFIG)
 
@@ -468,18 +464,10 @@ class LibvirtDriver:
 
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         self._require_hotplug("disk_hotplug")
-        what = str(disk.volume or disk.path)
+        async with self._lock(vm_id):  # found by the file it opens: target names change as disks come and go
+            await self._detach(vm_id, devices.disk_by_file(disk.path), timeout, str(disk.volume or disk.path))
 
-        def find(tree: ET.Element) -> ET.Element | None:
-            # By the file it opens: target names are not stable while other disks come and go.
-            return next((d for d in tree.iterfind("devices/disk") if (s := d.find("source")) is not None
-                         and s.get("file") == disk.path), None)
-
-        async with self._lock(vm_id):
-            await self._detach(vm_id, find, timeout, what)
-
-    async def _detach(self, vm_id: str, find: Callable[[ET.Element], ET.Element | None], timeout: float,
-                      what: str) -> None:
+    async def _detach(self, vm_id: str, find: devices.Finder, timeout: float, what: str) -> None:
         def request(conn: libvirt.virConnect) -> None:
             domain, root, _ = self._lookup(conn, vm_id)
             if not domain.isActive():
@@ -515,20 +503,14 @@ class LibvirtDriver:
         async with self._lock(vm_id):
             await self._call(attach)
 
-    def _find_nic(self, nic: NicSpec) -> Callable[[ET.Element], ET.Element | None]:
-        def find(tree: ET.Element) -> ET.Element | None:
-            return next((i for i in tree.iterfind("devices/interface")
-                         if (m := i.find("mac")) is not None and m.get("address") == nic.mac), None)
-        return find
-
     async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None:
         self._require_hotplug("nic_hotplug")
         async with self._lock(vm_id):
-            await self._detach(vm_id, self._find_nic(nic), timeout, f"NIC {nic.mac}")
+            await self._detach(vm_id, devices.nic_by_mac(nic.mac), timeout, f"NIC {nic.mac}")
 
     async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
         self._require_hotplug("link_state")
-        find = self._find_nic(nic)
+        find = devices.nic_by_mac(nic.mac)
 
         def update(conn: libvirt.virConnect) -> None:
             domain, root, _ = self._lookup(conn, vm_id)
@@ -537,11 +519,7 @@ class LibvirtDriver:
             interface = find(root)
             if interface is None:
                 raise NotFound("NIC", str(nic.mac))
-            link = interface.find("link")
-            if link is None:
-                link = ET.SubElement(interface, "link")
-            link.set("state", "up" if up else "down")
-            domain.updateDeviceFlags(ET.tostring(interface, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            domain.updateDeviceFlags(devices.with_link(interface, up), libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
         await self._call(update)
 
@@ -577,16 +555,7 @@ class LibvirtDriver:
             records = conn.domainListGetStats([domain], _STATS, 0)
             if not records:
                 return None
-            stats = records[0][1]
-
-            def total(prefix: str, suffix: str) -> int:
-                return sum(int(v) for k, v in stats.items() if k.startswith(prefix) and k.endswith(suffix))
-
-            return UsageSample(cpu_seconds=int(stats.get("cpu.time", 0)) / 1e9,
-                               memory_bytes=int(stats.get("balloon.rss", 0)) * 1024,
-                               disk_read_bytes=total("block.", ".rd.bytes"),
-                               disk_write_bytes=total("block.", ".wr.bytes"),
-                               net_rx_bytes=total("net.", ".rx.bytes"), net_tx_bytes=total("net.", ".tx.bytes"))
+            return devices.usage_from_stats(records[0][1])
 
         return await self._call(read)
 
