@@ -203,3 +203,24 @@ async def test_what_libvirt_cannot_do_is_refused_naming_the_capability(driver: L
     assert await driver.usage(vm_id) is None
     info = await driver.host_info()
     assert info.driver == "libvirt" and not info.kvm_usable and "mock" in info.kvm_reason
+
+
+async def test_a_dropped_connection_is_reopened_with_its_event_subscription(driver: LibvirtDriver) -> None:
+    keep = libvirt.open("test:///default")  # the mock keeps its domains while any connection is open
+    try:
+        changed: asyncio.Queue[str] = asyncio.Queue()
+        driver.watch(changed.put_nowait)
+        vm_id = str(uuid.uuid4())
+        await driver.define(vm_id, spec("again"))
+        dropped = driver._connection.get()
+        dropped.close()  # the daemon went away, as far as this connection knows
+        assert (await driver.status(vm_id)).state is VmState.STOPPED  # answered on a new connection
+        assert driver._connection.get() is not dropped
+        await asyncio.sleep(0.2)
+        for _ in range(changed.qsize()):
+            changed.get_nowait()  # what define() announced
+        await driver.start(vm_id, spec("again"), None)
+        while await asyncio.wait_for(changed.get(), 5.0) != vm_id:
+            pass  # events come again, from the new connection
+    finally:
+        keep.close()
