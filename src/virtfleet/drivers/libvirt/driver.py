@@ -123,7 +123,7 @@ class LibvirtDriver:
         except libvirt.libvirtError as error:
             return KvmProbe(False, f"libvirt offers no kvm domains: {error.get_error_message()}")
         if not self._local_kvm.usable:
-            return self._local_kvm
+            return KvmProbe(False, f"libvirt offers kvm domains, but {self._local_kvm.reason}")
         return KvmProbe(True, f"libvirt offers kvm domains; {self._local_kvm.reason}")
 
     async def host_info(self) -> HostInfo:
