@@ -79,3 +79,27 @@ def tiny_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except Exception:
         build_tiny_image(dest)
     return dest
+
+
+def _libvirtd_answers() -> bool:
+    import subprocess
+
+    probe = subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+                           capture_output=True, timeout=30, check=False)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> str:
+    """The host's libvirtd (qemu:///system): the running one, or one started here (virtlogd first: it keeps the
+    consoles' logs). Never restarted or reconfigured: other users share it."""
+    import subprocess
+
+    if shutil.which("libvirtd") is None or shutil.which("virsh") is None:
+        pytest.skip("libvirt is not installed")
+    if not _libvirtd_answers():
+        for daemon in ("virtlogd", "libvirtd"):
+            subprocess.run([daemon, "-d"], check=False, timeout=30)
+        if not wait_until(_libvirtd_answers, timeout=30):
+            pytest.fail("libvirtd did not answer on qemu:///system within 30s of starting it")
+    return "qemu:///system"

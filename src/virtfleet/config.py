@@ -57,6 +57,7 @@ class Settings:
     import_devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.driver_setting()  # a bad --driver / VIRTFLEET_DRIVER is refused at start-up, naming the setting
         if not MIN_VOLUME_BYTES <= self.max_volume_size <= MAX_VOLUME_BYTES:
             raise ValueError(f"max_volume_size (VIRTFLEET_MAX_VOLUME_SIZE) must lie between "
                              f"{format_size(MIN_VOLUME_BYTES)} and {format_size(MAX_VOLUME_BYTES)}, "
@@ -88,6 +89,23 @@ class Settings:
             values["pool_roots"] = tuple(Path(p) for p in env["VIRTFLEET_POOL_ROOTS"].split(":") if p)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def driver_setting(self) -> tuple[str, dict[str, str]]:
+        """(driver name, its options) from `driver`: "qemu", "fake", "libvirt" or "libvirt:URI"; the name is
+        what comes before the first colon (a libvirt URI has colons of its own)."""
+        from virtfleet.drivers.base import driver_names
+
+        name, sep, rest = self.driver.partition(":")
+        if name not in driver_names():
+            raise ValueError(f"driver (--driver / VIRTFLEET_DRIVER): unknown driver {name!r} "
+                             f"(known: {', '.join(driver_names())})")
+        if name != "libvirt":
+            if sep:
+                raise ValueError(f"driver (--driver / VIRTFLEET_DRIVER): {name} takes no options ({self.driver!r})")
+            return name, {}
+        from virtfleet.drivers.libvirt.options import parse_options
+
+        return name, parse_options(rest if sep else None, dict(os.environ)).as_extra()
 
     @property
     def db_url(self) -> str:

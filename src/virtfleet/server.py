@@ -80,7 +80,8 @@ class Server:
         db.migrate()
         events = EventBus()
         db.listener = events.publish
-        driver = create_driver(settings.driver, DriverConfig(settings.run_dir, settings.qemu_binary))
+        driver_name, driver_options = settings.driver_setting()
+        driver = create_driver(driver_name, DriverConfig(settings.run_dir, settings.qemu_binary, driver_options))
         runner = JobRunner(db)
         intents = IntentLog(db)
         recovery = Recovery(db, intents)

@@ -1,7 +1,9 @@
 """One environment per driver for the shared driver contract: the same tests run against every driver.
 
 The "fake" driver runs everywhere; the "qemu" driver boots the real tiny guest under TCG and is marked
-`integration`, so `-m "not integration"` runs the fake half alone and needs no built image.
+`integration`, so `-m "not integration"` runs the fake half alone and needs no built image. "libvirt" runs on
+libvirt's in-process mock hypervisor (test:///default: no daemon, no guest): a test that needs what a driver
+lacks skips by reading its capabilities(), never by its name.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,7 @@ class DriverEnv:
     boot_timeout: float  # seconds from start() to the READY marker
     image_dir: Path | None = None  # the built tiny image (qemu only)
     drivers: list[Driver] = field(default_factory=list)  # every instance created, closed at teardown
+    unique_names: bool = False  # a hypervisor shared with others: suffix every VM name
 
     def new_driver(self) -> Driver:
         """A fresh driver instance on the same run_dir, the way a restarted agent starts over."""
@@ -48,11 +52,22 @@ class DriverEnv:
         self.drivers.append(driver)
         return driver
 
+    def require(self, *capabilities: str) -> None:
+        """Skip the test unless the driver declares every one of these capabilities."""
+        declared = self.driver.capabilities()
+        missing = [name for name in capabilities if not getattr(declared, name)]
+        if missing:
+            pytest.skip(f"{self.name} driver lacks {', '.join(missing)}")
+
     def spec(self, name: str, **overrides: Any) -> VmSpec:
-        fields: dict[str, Any] = {"name": name, "cpus": 1, "memory": 256, "machine": "microvm"}
-        if self.name == "qemu":
+        machines = self.driver.capabilities().machines
+        fields: dict[str, Any] = {"name": name, "cpus": 1, "memory": 256,
+                                  "machine": "microvm" if "microvm" in machines else machines[0]}
+        if self.name != "fake":
             fields["accel"] = "tcg"  # KVM is not usable on the test machines
         fields.update(overrides)
+        if self.unique_names:
+            fields["name"] = f"{name}-{uuid.uuid4().hex[:8]}"
         return VmSpec(**fields)
 
     def boot(self, spec: VmSpec) -> BootImage:
@@ -75,7 +90,9 @@ class DriverEnv:
         return BootImage(built.name, built.kernel, built.initrd, " ".join(p for p in parts if p))
 
     async def start(self, vm_id: str, spec: VmSpec) -> DomainStatus:
-        """define + start + wait for the READY marker: the common preamble of the lifecycle tests."""
+        """define + start + wait for the READY marker: the common preamble of the lifecycle tests (which need
+        the console to see it)."""
+        self.require("console")
         await self.driver.define(vm_id, spec)
         status = await self.driver.start(vm_id, spec, self.boot(spec))
         await self.wait_console(vm_id, ready_line(spec.name), self.boot_timeout)
@@ -102,7 +119,7 @@ class DriverEnv:
 
     async def kill_hypervisor(self, vm_id: str, pid: int | None = None) -> None:
         """Kill the hypervisor under a running domain (its `pid`, else asked of the driver), behind its back."""
-        if self.name == "fake":
+        if self.name == "fake":  # no process: the fake host crashes it
             fake_host_for(self.config).crash(vm_id)
             return
         if pid is None:
@@ -111,18 +128,32 @@ class DriverEnv:
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration)])
+# Per environment: the driver and its options. "libvirt-system" is the real libvirtd (qemu:///system), shared
+# with other users of this host: its domains get unique names (DriverEnv.unique_names).
+ENVIRONMENTS = {
+    "fake": ("fake", {}),
+    "qemu": ("qemu", {}),
+    "libvirt": ("libvirt", {"uri": "test:///default"}),
+    "libvirt-system": ("libvirt", {"uri": "qemu:///system"}),
+}
+
+
+@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration), "libvirt",
+                        pytest.param("libvirt-system", marks=pytest.mark.integration)])
 async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[DriverEnv]:
-    name: str = request.param
+    name, options = ENVIRONMENTS[request.param]
+    if request.param == "libvirt-system":
+        request.getfixturevalue("libvirtd")
     # run_dir does not exist yet: the server does not create it either, so the driver must.
-    config = DriverConfig(run_dir=short_tmp / "run")
+    config = DriverConfig(run_dir=short_tmp / "run", extra=options)
     image_dir: Path | None = None
     boot_timeout = 5.0
-    if name == "qemu":
+    if request.param in ("qemu", "libvirt-system"):
         image_dir = request.getfixturevalue("tiny_image_dir")
         boot_timeout = 90.0
     driver = create_driver(name, config)
-    environment = DriverEnv(name, config, driver, boot_timeout, image_dir, [driver])
+    environment = DriverEnv(name, config, driver, boot_timeout, image_dir, [driver],
+                            unique_names=request.param == "libvirt-system")
     try:
         yield environment
     finally:
@@ -132,6 +163,8 @@ async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[
             for status in await live.list_domains():
                 with contextlib.suppress(Exception):
                     await live.stop(status.vm_id)
+                with contextlib.suppress(Exception):  # a shared libvirtd keeps what is not undefined
+                    await live.undefine(status.vm_id)
         for each in environment.drivers:
             with contextlib.suppress(Exception):
                 await each.close()

@@ -61,6 +61,7 @@ class Daemon:
     netns: str | None = None  # run inside this network namespace (listening on `host`, reachable from here)
     token: str = ""  # the local admin token `serve` wrote into the data directory
     env: dict[str, str] = field(default_factory=dict)  # extra environment, e.g. VIRTFLEET_FAILPOINTS
+    args: list[str] = field(default_factory=list)  # extra `serve` options, e.g. --driver
 
     def arm(self, *failpoints: str) -> None:
         """The next start dies (SIGKILL) at the first of these failpoints it reaches; none: it runs normally."""
@@ -83,7 +84,7 @@ class Daemon:
     def start(self) -> None:
         log = (self.data_dir / "serve.log").open("ab")
         command = [sys.executable, "-m", "virtfleet", "serve", "--host", self.host, "--port", str(self.port),
-                   "--data-dir", str(self.data_dir)]
+                   "--data-dir", str(self.data_dir), *self.args]
         if self.netns is not None:
             command = ["ip", "netns", "exec", self.netns, *command]
         env = {**os.environ, "VIRTFLEET_METRICS_INTERVAL": "0.5", **self.env}  # charts fill up within a test
