@@ -15,6 +15,7 @@ from virtfleet.model.vm import VmSpec, VmState
 
 libvirt = pytest.importorskip("libvirt")
 foreign = pytest.importorskip("virtfleet.drivers.libvirt.foreign")
+domxml = pytest.importorskip("virtfleet.drivers.libvirt.domxml")
 
 SPEC = VmSpec(name="adopted", image=None, machine="q35", disks=[{"path": "/guest/diskimage1", "format": "raw"}])
 
@@ -55,7 +56,7 @@ def names(conn: Any) -> set[str]:
 
 def our_element(xml: str) -> ET.Element | None:
     metadata = ET.fromstring(xml).find("metadata")  # noqa: S314 - libvirt's own output
-    return None if metadata is None else metadata.find(f"{{{foreign.NAMESPACE}}}vm")
+    return None if metadata is None else metadata.find(f"{{{domxml.NAMESPACE}}}vm")
 
 
 def test_list_offers_every_domain_without_our_metadata_with_its_state_and_xml(conn: Any) -> None:
@@ -77,8 +78,8 @@ def test_take_over_marks_a_running_domain_live_and_persistently_and_it_is_no_lon
     for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):  # live and next boot
         element = our_element(domain.XMLDesc(flags))
         assert element is not None
-        assert element.findtext(f"{{{foreign.NAMESPACE}}}id") == vm_id
-        assert VmSpec.model_validate_json(element.findtext(f"{{{foreign.NAMESPACE}}}spec") or "") == SPEC
+        assert element.findtext(f"{{{domxml.NAMESPACE}}}id") == vm_id
+        assert VmSpec.model_validate_json(element.findtext(f"{{{domxml.NAMESPACE}}}spec") or "") == SPEC
     assert domain.isActive()  # nothing was restarted
     with pytest.raises(Conflict, match="virtfleet's already"):
         foreign.take_over(conn, domain.name(), vm_id, SPEC)
@@ -94,8 +95,8 @@ def test_take_over_of_a_stopped_domain_writes_the_persistent_definition(conn: An
 
 def test_a_domain_marked_only_in_its_persistent_definition_is_ours_too(conn: Any) -> None:
     domain = define(conn, start=True)
-    domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, foreign.metadata_element("vm-2", SPEC),
-                       foreign.METADATA_KEY, foreign.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.metadata_xml("vm-2", SPEC),
+                       foreign.METADATA_KEY, domxml.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     assert our_element(domain.XMLDesc(0)) is None
     assert domain.name() not in names(conn)
 

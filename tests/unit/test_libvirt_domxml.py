@@ -26,7 +26,8 @@ from virtfleet.model.vm import VmSpec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "domxml"
 VM_ID = "0b5e8a9e-6f4a-4c1e-9d0e-3f1f2a7c9b11"
-BOOT = BootImage("tiny", Path("/img/tiny/vmlinux"), Path("/img/tiny/initramfs.cpio"), "console=ttyS0 quiet")
+BOOT = BootImage("tiny", Path("/img/tiny/vmlinux"), Path("/img/tiny/initramfs.cpio"), "console=ttyS0 quiet",
+                 Path("/img/tiny/vmlinuz"))
 PATHS = RunPaths(Path("/run/vf") / VM_ID)
 
 CASES = {
@@ -61,6 +62,7 @@ CASES = {
         "qemu",
     ),
     "q35-vnc": (VmSpec(name="desk", machine="q35", display="vnc"), "qemu"),
+    "q35-uefi": (VmSpec(name="efi", machine="q35", firmware="uefi"), "qemu"),
 }
 
 

@@ -75,8 +75,9 @@ def test_capabilities_are_per_uri(short_tmp: Path) -> None:
     assert mock["machines"] == local["machines"] == ("q35",)
     assert not any(mock[name] for name in ("console", "vnc", "usage", "disk_hotplug", "snapshots"))
     assert local["console"] and local["vnc"] and local["usage"] and local["disk_hotplug"]
-    assert not local["snapshots"] and not local["memory_snapshots"]
+    assert local["snapshots"] and local["memory_snapshots"] and local["adopt"] and mock["adopt"]
     assert not remote["console"] and not remote["vnc"] and remote["usage"]  # the sockets are on that host
+    assert not remote["snapshots"] and not remote["uefi"]  # image headers and firmware are read on this host
 
 
 def test_state_mapping_tells_a_crash_from_a_power_off() -> None:

@@ -344,9 +344,9 @@ async def memory_snapshot(domain: Any, action: MemoryAction, tag: str, images: l
     loads and deletes only snapshots it has a record of. A load kills QEMU and starts a new one with -loadvm (same
     domain id; console connections drop and must be made again), and leaves the VM running, as the qemu driver's
     does."""
-    if not images:
-        raise Unsupported("a memory snapshot needs a qcow2 disk to hold the VM state; attach one")
     if action == "save":
+        if not images:
+            raise Unsupported("a memory snapshot needs a qcow2 disk to hold the VM state; attach one")
         disks = await _live_disks(domain)
         writable = {os.path.normpath(disk.chain[0]) for disk in disks if not disk.readonly}
         wanted = {os.path.normpath(image) for image in images}

@@ -14,7 +14,7 @@ from typing import Literal
 
 from virtfleet.drivers.base import BootImage
 from virtfleet.drivers.qemu.runtime import RunPaths
-from virtfleet.errors import Unsupported
+from virtfleet.errors import InvalidSpec, Unsupported
 from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec
 
@@ -127,17 +127,31 @@ def read_metadata(holder: ET.Element) -> DomainMeta | None:
 
 
 def metadata_xml(vm_id: str, spec: VmSpec) -> str:
-    """Only our metadata element: what setMetadata() takes."""
+    """Only our metadata element: what setMetadata() takes. Written in our namespace as the default one, never
+    with a prefix: libvirt declares the prefix it is given itself, and fails ("failed to create a new XML
+    namespace") when the element declares that prefix already."""
     holder = ET.Element("metadata")
     _metadata(holder, vm_id, spec)
-    return ET.tostring(holder[0][0], encoding="unicode")
+    return ET.tostring(holder[0][0], encoding="unicode", default_namespace=NAMESPACE)
 
 
-def _os(domain: ET.Element, boot: BootImage | None) -> None:
-    os_element = _sub(domain, "os")
+def _os(domain: ET.Element, spec: VmSpec, boot: BootImage | None, paths: RunPaths) -> None:
+    uefi = spec.firmware == "uefi"
+    os_element = _sub(domain, "os", **({"firmware": "efi"} if uefi else {}))
     _sub(os_element, "type", "hvm", arch="x86_64", machine="q35")
+    if uefi:
+        # libvirt picks the firmware from QEMU's descriptors as the qemu driver does: plain UEFI, no Secure Boot
+        # (it needs SMM and enrolled keys the spec does not have); the variable store is the VM's own.
+        features = _sub(os_element, "firmware")
+        _sub(features, "feature", enabled="no", name="secure-boot")
+        _sub(features, "feature", enabled="no", name="enrolled-keys")
+        _sub(os_element, "nvram", str(paths.uefi_vars))
     if boot is not None:
-        _sub(os_element, "kernel", str(boot.kernel))
+        kernel = boot.efi_kernel if uefi else boot.kernel
+        if kernel is None:
+            raise InvalidSpec("firmware", f"image '{boot.name}' was built without a kernel UEFI can load; "
+                                          f"rebuild it: virtfleet image build {boot.name}")
+        _sub(os_element, "kernel", str(kernel))
         _sub(os_element, "initrd", str(boot.initrd))
         _sub(os_element, "cmdline", boot.cmdline)
 
@@ -172,7 +186,7 @@ def build_domain_xml(vm_id: str, spec: VmSpec, boot: BootImage | None, paths: Ru
     _metadata(domain, vm_id, defined_spec or spec)
     _sub(domain, "memory", str(spec.memory), unit="MiB")
     _sub(domain, "vcpu", str(spec.cpus))
-    _os(domain, boot)
+    _os(domain, spec, boot, paths)
     _sub(_sub(domain, "features"), "acpi")  # the power button: shutdown() relies on it
     # Like the qemu driver's -cpu host / -cpu max: everything the accelerator can give.
     _sub(domain, "cpu", mode="host-passthrough" if domain_type == "kvm" else "maximum")

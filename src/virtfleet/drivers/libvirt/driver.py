@@ -30,15 +30,17 @@ from virtfleet.drivers.base import (
     DiskChain,
     DomainStatus,
     DriverConfig,
+    ForeignDomain,
     HostInfo,
     MemoryAction,
     UsageSample,
 )
-from virtfleet.drivers.libvirt import devices, domxml
+from virtfleet.drivers.libvirt import blocks, devices, domxml, foreign
 from virtfleet.drivers.libvirt.connection import Connection
 from virtfleet.drivers.libvirt.options import LibvirtOptions, parse_options
 from virtfleet.drivers.libvirt.state import map_state
 from virtfleet.drivers.qemu.accel import KvmProbe, choose_accel, probe_kvm
+from virtfleet.drivers.qemu.firmware import find_uefi
 from virtfleet.drivers.qemu.runtime import RunPaths, is_our_qemu, read_pid, read_tail
 from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
 from virtfleet.model.network import NicSpec
@@ -97,12 +99,15 @@ class LibvirtDriver:
     def capabilities(self) -> Capabilities:
         """What this URI can do: libvirt's mock (test://) runs no guest, so it has no console, display or
         counters, and takes no hot-plug; a remote libvirt's console and display sockets are on another host."""
-        snapshots_later = {"snapshots": False, "memory_snapshots": False}  # drivers/libvirt/blocks.py, to come
         if self.options.scheme == "test":
             return Capabilities(console=False, vnc=False, usage=False, disk_hotplug=False, nic_hotplug=False,
-                                link_state=False, machines=("q35",), **snapshots_later)
+                                link_state=False, snapshots=False, memory_snapshots=False, uefi=False, adopt=True,
+                                machines=("q35",))
+        # Snapshots read image headers (internal snapshot names) and UEFI needs the firmware descriptors: on
+        # this host only, like the console and display sockets.
         local = self.options.local
-        return Capabilities(console=local, vnc=local, machines=("q35",), **snapshots_later)
+        return Capabilities(console=local, vnc=local, snapshots=local, memory_snapshots=local,
+                            uefi=local and find_uefi() is not None, adopt=True, machines=("q35",))
 
     @cached_property
     def _local_kvm(self) -> KvmProbe:
@@ -342,8 +347,6 @@ class LibvirtDriver:
     # --- power ---------------------------------------------------------------------------------------------
     async def start(self, vm_id: str, spec: VmSpec, boot: BootImage | None, *, restore: str | None = None
                     ) -> DomainStatus:
-        if restore is not None:
-            raise Unsupported("memory_snapshots: this libvirt driver cannot resume from a memory snapshot yet")
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
             def prepare(conn: libvirt.virConnect) -> tuple[libvirt.virDomain, str, str]:
@@ -362,7 +365,10 @@ class LibvirtDriver:
             if warning:
                 log.warning("vm %s: %s", spec.name, warning)
             await asyncio.to_thread(self._prepare_run_dir, paths, spec)
-            await self._call(lambda conn: self._lookup(conn, vm_id)[0].create())
+            if restore is None:
+                await self._call(lambda conn: self._lookup(conn, vm_id)[0].create())
+            else:  # resume the saved RAM and devices instead of booting
+                await blocks.memory_snapshot(await self._domain(vm_id, "memory_snapshots"), "load", restore, [])
             status = await self.status(vm_id)
             return DomainStatus(vm_id, status.state, status.pid, warning, accel, status.spec)
 
@@ -442,9 +448,13 @@ class LibvirtDriver:
         await self._call(lambda conn: self._lookup(conn, vm_id)[0].resume())
 
     # --- devices -------------------------------------------------------------------------------------------
-    def _require_hotplug(self, capability: str) -> None:
+    def _require(self, capability: str, what: str) -> None:
+        """The driver's own last check (services refuse before a job exists: jobs/capability_check.py)."""
         if not getattr(self.capabilities(), capability):
-            raise Unsupported(f"{capability}: {self.options.uri} cannot hot-plug devices")
+            raise Unsupported(f"{capability}: {self.options.uri} cannot {what}", capability=capability)
+
+    def _require_hotplug(self, capability: str) -> None:
+        self._require(capability, "hot-plug devices")
 
     async def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
         self._require_hotplug("disk_hotplug")
@@ -523,25 +533,36 @@ class LibvirtDriver:
 
         await self._call(update)
 
-    # --- snapshots: drivers/libvirt/blocks.py will bring these; until then they are declared unsupported -----
+    # --- snapshots (drivers/libvirt/blocks.py) ----------------------------------------------------------
+    async def _domain(self, vm_id: str, capability: str = "snapshots") -> libvirt.virDomain:
+        self._require(capability, "snapshot disks" if capability == "snapshots" else "snapshot memory")
+        return await self._call(lambda conn: self._lookup(conn, vm_id)[0])
+
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
-        raise Unsupported("snapshots: not supported by the libvirt driver yet")
+        await blocks.snapshot_disks(await self._domain(vm_id), overlays)
 
     async def commit_disk(self, vm_id: str, top: str, base: str, *, before_pivot: BeforePivot | None = None
                           ) -> None:
-        raise Unsupported("snapshots: not supported by the libvirt driver yet")
+        await blocks.commit_disk(await self._domain(vm_id), top, base, before_pivot=before_pivot)
 
     async def disk_chains(self, vm_id: str) -> list[DiskChain]:
-        raise Unsupported("snapshots: not supported by the libvirt driver yet")
+        return await blocks.disk_chains(await self._domain(vm_id))
 
     async def settle_block_jobs(self, vm_id: str) -> list[str]:
-        raise Unsupported("snapshots: not supported by the libvirt driver yet")
+        return await blocks.settle_block_jobs(await self._domain(vm_id))
 
     async def release_images(self, vm_id: str, paths: list[str]) -> None:
-        raise Unsupported("snapshots: not supported by the libvirt driver yet")
+        await blocks.release_images(await self._domain(vm_id), paths)
 
     async def memory_snapshot(self, vm_id: str, action: MemoryAction, tag: str, images: list[str]) -> None:
-        raise Unsupported("memory_snapshots: not supported by the libvirt driver yet")
+        await blocks.memory_snapshot(await self._domain(vm_id, "memory_snapshots"), action, tag, images)
+
+    # --- adopting domains made by others (drivers/libvirt/foreign.py) ---------------------------------------
+    async def foreign_domains(self) -> list[ForeignDomain]:
+        return await self._call(foreign.list_foreign)
+
+    async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
+        await self._call(lambda conn: foreign.take_over(conn, name, vm_id, spec))
 
     # --- usage and consoles --------------------------------------------------------------------------------
     async def usage(self, vm_id: str) -> UsageSample | None:

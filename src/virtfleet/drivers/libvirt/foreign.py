@@ -10,40 +10,27 @@ Blocking libvirt calls: run these functions in a worker thread.
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET  # libvirt's own output only, never a user's file
 from typing import Any
 
 import libvirt
 
 from virtfleet.drivers.base import ForeignDomain
+from virtfleet.drivers.libvirt import domxml
+from virtfleet.drivers.libvirt.state import map_state
 from virtfleet.errors import Conflict, DriverError, NotFound
 from virtfleet.model.vm import VmSpec, VmState
 
-# The libvirt driver's own metadata (drivers/libvirt/domxml.py writes the same element for the domains it defines).
-NAMESPACE = "https://virtfleet.org/xmlns/domain/1"
-METADATA_KEY = "virtfleet"
-
-_STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: VmState.STOPPED,
-    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: VmState.RUNNING,  # running, waiting on a resource
-    libvirt.VIR_DOMAIN_PAUSED: VmState.PAUSED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: VmState.STOPPING,
-    libvirt.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
-    libvirt.VIR_DOMAIN_CRASHED: VmState.CRASHED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: VmState.PAUSED,
-}
+METADATA_KEY = "virtfleet"  # the prefix libvirt gives our namespace in the XML it writes
 
 
 def domain_state(domain: Any) -> VmState:
-    state, _reason = domain.state()
-    return _STATES.get(state, VmState.STOPPED)
+    return map_state(*domain.state())[0]
 
 
 def _has_our_metadata(xml: str) -> bool:
     metadata = ET.fromstring(xml).find("metadata")  # noqa: S314 - libvirt's own XML, not a user's file
-    return metadata is not None and any(child.tag.startswith(f"{{{NAMESPACE}}}") for child in metadata)
+    return metadata is not None and any(child.tag.startswith(f"{{{domxml.NAMESPACE}}}") for child in metadata)
 
 
 def is_ours(domain: Any) -> bool:
@@ -76,14 +63,6 @@ def list_foreign(conn: Any) -> list[ForeignDomain]:
     return sorted(found, key=lambda domain: domain.name)
 
 
-def metadata_element(vm_id: str, spec: VmSpec) -> str:
-    """Our element as setMetadata() takes it: <virtfleet:vm> with the VM id and the recorded spec (JSON)."""
-    holder = ET.Element(f"{{{NAMESPACE}}}vm")
-    ET.SubElement(holder, f"{{{NAMESPACE}}}id").text = vm_id
-    ET.SubElement(holder, f"{{{NAMESPACE}}}spec").text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    return ET.tostring(holder, encoding="unicode")
-
-
 def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec) -> None:
     """Make the foreign domain `name` virtfleet's VM `vm_id`: our metadata into its persistent definition, and into
     the live one when it runs (AFFECT_CONFIG | AFFECT_LIVE: the guest is not touched)."""
@@ -103,8 +82,8 @@ def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec) -> None:
     if domain.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
     try:
-        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_element(vm_id, spec), METADATA_KEY,
-                           NAMESPACE, flags)
+        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.metadata_xml(vm_id, spec), METADATA_KEY,
+                           domxml.NAMESPACE, flags)
     except libvirt.libvirtError as error:
         raise DriverError(f"cannot mark domain {name} as virtfleet's", str(error)) from None
 
