@@ -15,6 +15,7 @@ from virtfleet.agent.reconcile import Reconciler
 from virtfleet.auth.service import AuthService
 from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
+from virtfleet.drivers.fake import CAPABILITIES_OPTION
 from virtfleet.events import EventBus
 from virtfleet.images.catalog import Builder, ImageCatalog
 from virtfleet.jobs.exports import ExportService
@@ -78,7 +79,8 @@ class Server:
         db.migrate()
         events = EventBus()
         db.listener = events.publish
-        driver = create_driver(settings.driver, DriverConfig(settings.run_dir, settings.qemu_binary))
+        extra = {CAPABILITIES_OPTION: settings.fake_capabilities} if settings.fake_capabilities else {}
+        driver = create_driver(settings.driver, DriverConfig(settings.run_dir, settings.qemu_binary, extra))
         runner = JobRunner(db)
         intents = IntentLog(db)
         recovery = Recovery(db, intents)
