@@ -55,6 +55,8 @@ class Settings:
     import_root: Path | None = None
     export_root: Path | None = None
     import_devices: tuple[str, ...] = ()
+    # The fake driver only (tests, demos): capabilities it lacks, as a JSON object such as {"pause": false}.
+    fake_capabilities: str = ""
 
     def __post_init__(self) -> None:
         self.driver_setting()  # a bad --driver / VIRTFLEET_DRIVER is refused at start-up, naming the setting
@@ -62,6 +64,8 @@ class Settings:
             raise ValueError(f"max_volume_size (VIRTFLEET_MAX_VOLUME_SIZE) must lie between "
                              f"{format_size(MIN_VOLUME_BYTES)} and {format_size(MAX_VOLUME_BYTES)}, "
                              f"not {self.max_volume_size} bytes")
+        if self.fake_capabilities and self.driver != "fake":
+            raise ValueError("fake_capabilities (VIRTFLEET_FAKE_CAPABILITIES) applies to the fake driver only")
         for root in self.pool_roots:
             if not root.is_absolute():
                 raise ValueError(f"pool_roots (VIRTFLEET_POOL_ROOTS): {root} is not an absolute path")
@@ -79,6 +83,7 @@ class Settings:
             "import_root": Path(env["VIRTFLEET_IMPORT_DIR"]) if env.get("VIRTFLEET_IMPORT_DIR") else None,
             "export_root": Path(env["VIRTFLEET_EXPORT_DIR"]) if env.get("VIRTFLEET_EXPORT_DIR") else None,
             "import_devices": tuple(p for p in env.get("VIRTFLEET_IMPORT_DEVICES", "").split(",") if p.strip()),
+            "fake_capabilities": env.get("VIRTFLEET_FAKE_CAPABILITIES", ""),
         }
         if "VIRTFLEET_MAX_VOLUME_SIZE" in env:
             try:

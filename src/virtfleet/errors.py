@@ -108,9 +108,17 @@ class BodyTooLarge(VirtfleetError):
 
 
 class Unsupported(VirtfleetError):
-    """The driver cannot do this (declared in its Capabilities)."""
+    """This host cannot do that: the driver lacks the `capability` (a field of its Capabilities), or a pool type
+    cannot (no capability then)."""
 
     code = "unsupported"
+
+    def __init__(self, message: str, capability: str | None = None) -> None:
+        super().__init__(message)
+        self.capability = capability
+
+    def details(self) -> dict[str, object]:
+        return {"capability": self.capability} if self.capability is not None else {}
 
 
 class DriverError(VirtfleetError):

@@ -15,6 +15,7 @@ from virtfleet.agent.reconcile import Reconciler
 from virtfleet.auth.service import AuthService
 from virtfleet.config import Settings
 from virtfleet.drivers.base import Driver, DriverConfig, create_driver
+from virtfleet.drivers.fake import CAPABILITIES_OPTION
 from virtfleet.events import EventBus
 from virtfleet.images.catalog import Builder, ImageCatalog
 from virtfleet.jobs.adopt import AdoptService
@@ -81,6 +82,8 @@ class Server:
         events = EventBus()
         db.listener = events.publish
         driver_name, driver_options = settings.driver_setting()
+        if settings.fake_capabilities:
+            driver_options = {**driver_options, CAPABILITIES_OPTION: settings.fake_capabilities}
         driver = create_driver(driver_name, DriverConfig(settings.run_dir, settings.qemu_binary, driver_options))
         runner = JobRunner(db)
         intents = IntentLog(db)

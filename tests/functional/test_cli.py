@@ -82,6 +82,11 @@ def test_images_jobs_and_host(server_url: str) -> None:
     assert cli_json(server_url, "job", "show", jobs[0]["id"])["id"] == jobs[0]["id"]
     host = cli_json(server_url, "host")
     assert host["driver"] == "fake" and host["kvm_usable"] is False
+    assert host["capabilities"]["pause"] is True and host["capabilities"]["machines"] == ["microvm", "q35"]
+    code, out, _ = cli(server_url, "host")
+    lines = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
+    assert code == 0 and lines["lacks"] == "live_migration" and lines["machines"] == "microvm, q35", out
+    assert "pause" in lines["capabilities"].split(", ")
 
 
 def test_users_tokens_and_audit_from_the_command_line(server_url: str) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tests.functional.conftest import Api
+import contextlib
+from pathlib import Path
+
+from tests.functional.conftest import Api, open_api
 
 
 def test_running_vms_are_sampled_and_served_as_rates_and_prometheus(api: Api) -> None:
@@ -21,3 +24,14 @@ def test_running_vms_are_sampled_and_served_as_rates_and_prometheus(api: Api) ->
     assert 'virtfleet_vms{state="running"} 1.0' in text and 'virtfleet_vms{state="stopped"} 1.0' in text
     assert 'virtfleet_vm_memory_bytes{vm="m1"} 2.68435456e+08' in text
     assert 'virtfleet_vm_cpu_seconds_total{vm="m1"}' in text and 'vm="idle"' not in text
+
+
+def test_a_driver_without_usage_is_not_sampled(tmp_path: Path) -> None:
+    with contextlib.contextmanager(open_api)(tmp_path / "data", fake_capabilities='{"usage": false}') as api:
+        api.create("m1")
+        api.run("m1", "start")
+        server = api.server
+        assert api.client.portal.call(server.sampler.sample_once) == 0  # type: ignore[union-attr]
+        assert api.host.domains[api.vm("m1")["id"]].ticks == 0  # the driver was never asked
+        refused = api.client.get("/api/v1/vms/m1/metrics")
+        assert refused.status_code == 501 and refused.json()["error"]["capability"] == "usage"

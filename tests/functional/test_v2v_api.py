@@ -3,6 +3,7 @@ what a failed import leaves (nothing)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import tarfile
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import Api
+from tests.functional.conftest import Api, open_api
 from tests.v2v_stage import MiB, make_disk, qemu_img, stage
 
 
@@ -83,6 +84,17 @@ def test_an_unmapped_network_is_refused_before_any_job(api: Api) -> None:
     assert response.status_code == 422, response.text
     assert "VM Network" in response.json()["error"]["message"]
     assert api.client.get("/api/v1/jobs").json() == []
+
+
+def test_an_import_the_driver_cannot_run_is_refused_before_any_job(tmp_path: Path) -> None:
+    with contextlib.contextmanager(open_api)(tmp_path / "data", fake_capabilities='{"machines": ["microvm"]}') as api:
+        user_network(api)
+        rel = esx_vm(api)
+        before = (volumes(api), pool_files(api))
+        response = post_import(api, path=rel, network_map={"VM Network": "lan"}, name="win")
+        assert response.status_code == 501 and response.json()["error"]["capability"] == "machines", response.text
+        assert api.client.get("/api/v1/jobs").json() == [] and api.client.get("/api/v1/vms").json() == []
+        assert (volumes(api), pool_files(api)) == before
 
 
 def test_import_makes_the_vm_its_volumes_and_a_report(api: Api, tmp_path: Path) -> None:

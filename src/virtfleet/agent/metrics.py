@@ -29,6 +29,9 @@ class MetricsSampler:
     async def sample_once(self) -> int:
         now = utcnow()
         taken = 0
+        if not self.driver.capabilities().usage:  # nothing to read: the metrics API says so (501, "usage")
+            self.repo.prune(now, self.keep)
+            return taken
         for vm in self.db.list_vms():
             if vm.state not in (VmState.RUNNING, VmState.PAUSED):
                 continue

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from virtfleet.api.routes import ServerDep
+from virtfleet.jobs import capability_check
 from virtfleet.model.metrics import UsagePoint, rates
 from virtfleet.model.vm import VmState
 from virtfleet.server import Server
@@ -26,6 +27,7 @@ async def vm_metrics(ref: str, server: ServerDep,
                      minutes: Annotated[int, Query(ge=1, le=60)] = 60) -> list[UsagePoint]:
     """CPU, memory, disk and network rates of a VM over the last `minutes` (one point per sample interval)."""
     vm = server.vms.get(ref)
+    capability_check.require(server.driver, "usage", what=f"report the usage of vm '{vm.name}'")
     return rates(MetricsRepo(server.db).since(vm.id, utcnow() - timedelta(minutes=minutes)))
 
 

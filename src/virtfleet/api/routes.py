@@ -47,7 +47,7 @@ async def health() -> Health:
 @router.get("/host", response_model=HostOut, tags=["host"])
 async def host(server: ServerDep) -> HostOut:
     info = await server.driver.host_info()
-    return HostOut(**info.__dict__)
+    return HostOut(**info.__dict__, capabilities=server.driver.capabilities())
 
 
 # --- images ----------------------------------------------------------------------------------------------------

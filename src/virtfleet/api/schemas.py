@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from virtfleet import __version__
+from virtfleet.drivers.base import Capabilities
 
 
 class Health(BaseModel):
@@ -20,6 +21,8 @@ class HostOut(BaseModel):
     hypervisor: str
     kvm_usable: bool
     kvm_reason: str
+    capabilities: Capabilities = Field(description="what the driver can do: an operation it cannot is refused "
+                                                   "(501, naming the capability) before a job exists")
     version: str = __version__
 
 

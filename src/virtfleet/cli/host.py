@@ -14,13 +14,20 @@ app = typer.Typer(help="This host: show it, adopt the VMs other tools made on it
 
 @app.callback()
 def host_info(ctx: typer.Context, as_json: bool = JsonOption) -> None:
-    """Show this host: CPUs, memory, hypervisor and whether KVM is usable."""
+    """Show this host: CPUs, memory, hypervisor, whether KVM is usable, and what its driver can do."""
     if ctx.invoked_subcommand is not None:
         return
 
     def render(info: dict[str, Any]) -> None:
         for key in ("hostname", "cpus", "memory_mib", "driver", "hypervisor", "kvm_usable", "kvm_reason"):
-            out.print(f"[bold]{key + ':':<12}[/bold]{info[key]}")
+            out.print(f"[bold]{key + ':':<14}[/bold]{info[key]}")
+        capabilities: dict[str, Any] = info["capabilities"]
+        flags = {name: value for name, value in capabilities.items() if isinstance(value, bool)}
+        rows = {"capabilities:": [name for name, able in flags.items() if able],
+                "lacks:": [name for name, able in flags.items() if not able],
+                "machines:": capabilities["machines"]}
+        for label, names in rows.items():
+            out.print(f"[bold]{label:<14}[/bold]{', '.join(names) or '-'}", highlight=False)
 
     run(as_json, lambda c: c.get("/host"), render)
 

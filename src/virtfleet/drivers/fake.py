@@ -7,6 +7,8 @@ an earlier one started, the way a restarted agent finds QEMU processes still run
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import socket
 import struct
@@ -106,9 +108,10 @@ class FakeDriver:
     def __init__(self, config: DriverConfig) -> None:
         self.host = fake_host_for(config)
         self._on_change: Callable[[str], None] = lambda vm_id: None
+        self._capabilities = capabilities_from_json(config.extra.get(CAPABILITIES_OPTION, ""))
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(adopt=True)
+        return self._capabilities
 
     async def host_info(self) -> HostInfo:
         return HostInfo(
@@ -360,6 +363,27 @@ class FakeDriver:
 
     async def close(self) -> None:
         return None
+
+
+CAPABILITIES_OPTION = "capabilities"  # DriverConfig.extra: what the fake lacks, so tests see every refusal
+
+
+def capabilities_from_json(text: str) -> Capabilities:
+    """Full capabilities changed by a JSON object of fields, e.g. {"pause": false, "machines": ["q35"]}."""
+    changes = json.loads(text) if text.strip() else {}
+    if not isinstance(changes, dict):
+        raise ValueError(f"fake driver capabilities: a JSON object of Capabilities fields, not {text!r}")
+    known = {f.name for f in dataclasses.fields(Capabilities)}
+    for name, value in changes.items():
+        if name not in known:
+            raise ValueError(f"fake driver capabilities: no capability '{name}' (known: {', '.join(sorted(known))})")
+        if name == "machines":
+            if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+                raise ValueError("fake driver capabilities: machines is a list of machine types")
+            changes[name] = tuple(value)
+        elif not isinstance(value, bool):
+            raise ValueError(f"fake driver capabilities: {name} is true or false")
+    return dataclasses.replace(Capabilities(adopt=True), **changes)
 
 
 def _require_hotplug(domain: FakeDomain, action: str) -> None:

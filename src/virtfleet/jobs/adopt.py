@@ -138,7 +138,7 @@ class AdoptService:
     def _require_capability(self) -> None:
         if not self.driver.capabilities().adopt:
             raise Unsupported(f"the {self.driver.name} driver cannot take over domains made by other tools "
-                              "(capability 'adopt'); run the server with the libvirt driver")
+                              "(capability 'adopt'); run the server with the libvirt driver", "adopt")
 
     # --- planning (the listing and the dry run) -----------------------------------------------------------
     async def plans(self, names: list[str] | None = None, network_map: dict[str, str] | None = None

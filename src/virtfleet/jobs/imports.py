@@ -25,6 +25,7 @@ from pathlib import Path
 
 from virtfleet import failpoints
 from virtfleet.errors import Conflict, InvalidSpec, NotFound, Unsupported
+from virtfleet.jobs import capability_check
 from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.recovery import Outcome, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner
@@ -182,6 +183,8 @@ class ImportService:
     def _check(self, plan: ImportPlan) -> None:
         if plan.problems:
             raise InvalidSpec("plan", "; ".join(plan.problems))
+        # An imported VM is a q35 that boots its disks (see _spec).
+        capability_check.require_machine(self.vms.driver, "q35", what=f"import vm '{plan.name}'")
         with contextlib.suppress(NotFound):
             self.db.get_vm(plan.name)
             raise Conflict(f"a VM named '{plan.name}' already exists; import with another name (--name)")

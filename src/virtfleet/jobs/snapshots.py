@@ -28,6 +28,7 @@ from virtfleet import failpoints
 from virtfleet.drivers.base import BeforePivot, Driver
 from virtfleet.errors import Conflict, InvalidSpec, InvalidState, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
+from virtfleet.jobs import capability_check
 from virtfleet.jobs.recovery import Handler, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner, Work
 from virtfleet.jobs.snapshot_recovery import (
@@ -106,19 +107,22 @@ class SnapshotService:
     def for_vm(self, ref: str) -> list[Snapshot]:
         return self.repo.for_vm(self.db.get_vm(ref).id)
 
-    def _submit(self, vm: Vm, kind: str, work: Work, allowed: frozenset[VmState], verb: str) -> Job:
-        """Run `work` holding the VM and its volumes (a snapshot moves their top images), state checked twice."""
+    def _submit(self, vm: Vm, kind: str, work: Work, allowed: frozenset[VmState], verb: str,
+                capable: Callable[[Vm], None]) -> Job:
+        """Run `work` holding the VM and its volumes (a snapshot moves their top images), state and what the driver
+        can do (`capable` raises Unsupported; the VM's state decides whether the work is live) checked twice."""
         label = f"vm '{vm.name}'"
         self.runner.check_free(vm.id, label)
 
-        def check(state: VmState) -> None:
-            if state not in allowed:
-                raise InvalidState(label, verb, state.value, (s.value for s in allowed))
+        def check(current: Vm) -> None:
+            if current.state not in allowed:
+                raise InvalidState(label, verb, current.state.value, (s.value for s in allowed))
+            capable(current)
 
-        check(vm.state)
+        check(vm)
 
         async def checked(context: JobContext) -> str:
-            check(self.db.get_vm(vm.id).state)  # again, now that the locks are held
+            check(self.db.get_vm(vm.id))  # again, now that the locks are held
             return await work(context)
 
         return self.runner.submit(kind, vm.id, label, checked, locks=self.disks.locks(vm.spec.disks))
@@ -212,8 +216,14 @@ class SnapshotService:
 
             return await self._guarded("snapshot.create", target, plan, context, make, self.settler.settle_create)
 
+        def capable(vm: Vm) -> None:
+            if spec.memory:
+                self._require("memory_snapshots", f"save a memory snapshot of vm '{vm.name}'")
+            elif is_live(vm.state):
+                self._require("snapshots", f"snapshot the disks of running vm '{vm.name}' (stop it first)")
+
         allowed = frozenset({VmState.RUNNING, VmState.PAUSED, VmState.STOPPED, VmState.CRASHED})
-        return self._submit(vm, "vm.snapshot", work, allowed, "snapshot")
+        return self._submit(vm, "vm.snapshot", work, allowed, "snapshot", capable)
 
     async def _save_memory(self, context: JobContext, vm_name: str, plan: MemoryPlan) -> str:
         async def save(tracked: Tracked) -> str:
@@ -264,7 +274,14 @@ class SnapshotService:
             return await self._guarded("snapshot.revert", f"vm '{vm.name}' snapshot '{name}'", plan, context,
                                        switch, self.settler.settle_revert)
 
-        return self._submit(vm, "vm.revert", work, allowed, "revert")
+        def capable(vm: Vm) -> None:  # a disk revert happens on a stopped VM, in the pool: no driver needed
+            if snapshot.kind == "memory":
+                what = f"load memory snapshot '{name}' of vm '{vm.name}'"
+                self._require("memory_snapshots", what)
+                if not is_live(vm.state):  # it starts the VM
+                    capability_check.check_spec(self.driver, vm.spec, what=what)
+
+        return self._submit(vm, "vm.revert", work, allowed, "revert", capable)
 
     async def _load_memory(self, context: JobContext, vm: Vm, snapshot: Snapshot) -> str:
         plan = MemoryRevertPlan(vm=vm.id, snapshot=snapshot.id, name=snapshot.name,
@@ -325,7 +342,20 @@ class SnapshotService:
             return await self._guarded("snapshot.delete", label, merges, context,
                                        lambda tracked: self._merge(merges, tracked), self.settler.settle_delete)
 
-        return self._submit(vm, "vm.snapshot-delete", work, allowed, "delete snapshot")
+        def capable(vm: Vm) -> None:  # on a stopped VM the images are merged or untagged in the pool, by qemu-img
+            if not is_live(vm.state):
+                return
+            if snapshot.kind == "memory":
+                self._require("memory_snapshots", f"delete memory snapshot '{name}' of running vm '{vm.name}' "
+                              "(stop it first)")
+            else:
+                self._require("snapshots", f"merge disk snapshot '{name}' of running vm '{vm.name}' "
+                              "(stop it first)")
+
+        return self._submit(vm, "vm.snapshot-delete", work, allowed, "delete snapshot", capable)
+
+    def _require(self, capability: capability_check.Flag, what: str) -> None:
+        capability_check.require(self.driver, capability, what=what)
 
     async def _merge(self, plan: DeletePlan, tracked: Tracked) -> str:
         """Merge each `above` (the changes made after the snapshot) into its frozen image: from the first write on

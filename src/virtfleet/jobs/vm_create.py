@@ -1,10 +1,11 @@
 """Creating a VM with the volumes it needs, as one server-side operation: everything or nothing.
 
-The whole request is checked before anything exists (names, sizes, room in each pool, networks, image, cloud-init),
-so bad input gets a 422 naming the field and leaves nothing behind. A VM whose disks all exist is recorded at once;
-one that needs new volumes becomes one job: an intent lists the volumes it will make, then each is made and recorded,
-then the VM. A failure in the job, or a crash of the daemon anywhere in it, rolls back to nothing: the volumes made
-for a VM that was never recorded are deleted; once the VM is recorded, the create has finished.
+The whole request is checked before anything exists (names, sizes, room in each pool, networks, image, cloud-init,
+what the driver can run), so bad input gets a 422 naming the field (a 501 naming the capability the driver lacks)
+and leaves nothing behind. A VM whose disks all exist is recorded at once; one that needs new volumes becomes one
+job: an intent lists the volumes it will make, then each is made and recorded, then the VM. A failure in the job,
+or a crash of the daemon anywhere in it, rolls back to nothing: the volumes made for a VM that was never recorded
+are deleted; once the VM is recorded, the create has finished.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from virtfleet import failpoints
 from virtfleet.errors import Conflict, InvalidSpec, NotFound
+from virtfleet.jobs import capability_check
 from virtfleet.jobs.recovery import Outcome, Recovery
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.jobs.storage import DEFAULT_POOL, StorageService, VolumePlan, volume_key
@@ -161,6 +163,7 @@ class VmCreator:
                 raise InvalidSpec(f"disks[{index}]", f"{path} is attached twice")
         vms.networks.resolve(spec)
         vms.images.check_spec(spec)
+        capability_check.check_spec(vms.driver, spec, what=f"create vm '{spec.name}'")
         return attached
 
     # --- the job ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """VM operations: validate -> lock -> check state -> run as a job against the driver.
 
-Checks that can fail fast (unknown VM, busy, wrong state, bad spec) raise before a job exists, so the caller gets a
-409/422 at once; only the work that touches the hypervisor runs inside the job. A job locks the VM and the volumes
-it touches, and checks the state again once it runs, on the VM as it is then.
+Checks that can fail fast (unknown VM, busy, wrong state, bad spec, an operation this host's driver cannot do)
+raise before a job exists, so the caller gets a 409/422/501 at once; only the work that touches the hypervisor
+runs inside the job. A job locks the VM and the volumes it touches, and checks the state (and what the driver can
+do with the VM in that state) again once it runs, on the VM as it is then.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from virtfleet.drivers.base import ConsoleStreams, DomainStatus, Driver
 from virtfleet.errors import Conflict, NotFound, OperationTimeout, VirtfleetError
 from virtfleet.images.catalog import ImageCatalog
+from virtfleet.jobs import capability_check
 from virtfleet.jobs.networks import NetworkService
 from virtfleet.jobs.runner import JobContext, JobRunner
 from virtfleet.jobs.vm_disks import DiskResolver
@@ -57,6 +59,7 @@ class VmService:
 
     async def logs(self, ref: str, max_bytes: int) -> bytes:
         vm = self.db.get_vm(ref)
+        capability_check.require(self.driver, "console", what=f"read the console history of vm '{vm.name}'")
         try:
             return await self.driver.console_log(vm.id, max_bytes)
         except VirtfleetError:
@@ -67,20 +70,27 @@ class VmService:
         """Record a new VM; `within`: on behalf of that job (a clone from a template), which may hold its volumes."""
         spec = self.networks.resolve(self.disks.resolve(spec))
         self.images.check_spec(spec)
+        capability_check.check_spec(self.driver, spec, what=f"create vm '{spec.name}'")
         self.runner.check_all_free(self.disks.locks(spec.disks), within=within)  # e.g. a volume being deleted
         return self.db.add_vm(spec, self.host)
 
     # --- state changes ---------------------------------------------------------------------------------------
     def _submit(self, ref: str, operation: VmOperation, work: Callable[[Vm, JobContext], Awaitable[str]], *,
-                locks: Mapping[str, str] | None = None) -> Job:
+                locks: Mapping[str, str] | None = None, capable: Callable[[Vm], None] | None = None) -> Job:
+        """`capable`: raises Unsupported when this host cannot do the operation on the VM as it is (its state
+        decides, e.g., whether a disk is hot-plugged); checked with the state, before the job and in it."""
         vm = self.db.get_vm(ref)
         label = f"vm '{vm.name}'"
         self.runner.check_free(vm.id, label)
         require(operation, vm.state, label)
+        if capable is not None:
+            capable(vm)
 
         async def guarded(context: JobContext) -> str:
             current = self.db.get_vm(vm.id)
             require(operation, current.state, label)  # again, now that the locks are held
+            if capable is not None:
+                capable(current)
             try:
                 return await work(current, context)
             except BaseException:
@@ -121,7 +131,10 @@ class VmService:
             self._record(vm, status, "started", detail)
             return detail
 
-        return self._submit(ref, VmOperation.START, work)
+        def capable(vm: Vm) -> None:  # a VM recorded under another driver may need what this one lacks
+            capability_check.check_spec(self.driver, vm.spec, what=f"start vm '{vm.name}'")
+
+        return self._submit(ref, VmOperation.START, work, capable=capable)
 
     def shutdown(self, ref: str, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, force: bool = True) -> Job:
         async def work(vm: Vm, context: JobContext) -> str:
@@ -140,7 +153,8 @@ class VmService:
             self._record(vm, await self.driver.status(vm.id), "stopped", message)
             return message
 
-        return self._submit(ref, VmOperation.SHUTDOWN, work)
+        return self._submit(ref, VmOperation.SHUTDOWN, work,
+                            capable=self._needs("acpi_shutdown", "shut down {vm} by ACPI (stop powers it off)"))
 
     def stop(self, ref: str) -> Job:
         async def work(vm: Vm, context: JobContext) -> str:
@@ -151,22 +165,32 @@ class VmService:
 
         return self._submit(ref, VmOperation.STOP, work)
 
-    def _simple(self, ref: str, operation: VmOperation, call: Callable[[str], Awaitable[None]], done: str) -> Job:
+    def _needs(self, capability: capability_check.Flag, what: str) -> Callable[[Vm], None]:
+        """A `capable` check of one capability; "{vm}" in `what` stands for the VM."""
+        def capable(vm: Vm) -> None:
+            capability_check.require(self.driver, capability, what=what.replace("{vm}", f"vm '{vm.name}'"))
+
+        return capable
+
+    def _simple(self, ref: str, operation: VmOperation, call: Callable[[str], Awaitable[None]], done: str,
+                capable: Callable[[Vm], None]) -> Job:
         async def work(vm: Vm, context: JobContext) -> str:
             await call(vm.id)
             self._record(vm, await self.driver.status(vm.id), operation.value, done)
             return done
 
-        return self._submit(ref, operation, work)
+        return self._submit(ref, operation, work, capable=capable)
 
     def reboot(self, ref: str) -> Job:
-        return self._simple(ref, VmOperation.REBOOT, self.driver.reboot, "reset (hard reboot)")
+        return self._simple(ref, VmOperation.REBOOT, self.driver.reboot, "reset (hard reboot)",
+                            self._needs("reboot", "reboot {vm}"))
 
     def pause(self, ref: str) -> Job:
-        return self._simple(ref, VmOperation.PAUSE, self.driver.pause, "paused: vCPUs stopped")
+        return self._simple(ref, VmOperation.PAUSE, self.driver.pause, "paused: vCPUs stopped",
+                            self._needs("pause", "pause {vm}"))
 
     def resume(self, ref: str) -> Job:
-        return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed")
+        return self._simple(ref, VmOperation.RESUME, self.driver.resume, "resumed", self._needs("pause", "resume {vm}"))
 
     def boot_spec(self, vm: Vm) -> VmSpec:
         """What QEMU runs: disks with their checked chains and the seed disk, NICs with their taps."""
@@ -195,7 +219,14 @@ class VmService:
             self.db.add_event(vm.id, "nic-attached", message)
             return message
 
-        return self._submit(ref, VmOperation.ATTACH_NIC, work)
+        def capable(vm: Vm) -> None:
+            what = f"add a NIC to vm '{vm.name}'"
+            if is_live(vm.state):
+                capability_check.require(self.driver, "nic_hotplug", what=what, spec=vm.spec)
+            if not added.link_up:  # pulled at each start, and now when hot-plugged
+                capability_check.require(self.driver, "link_state", what=f"{what} with its link down")
+
+        return self._submit(ref, VmOperation.ATTACH_NIC, work, capable=capable)
 
     def detach_nic(self, ref: str, mac: str, timeout: float = 30.0) -> Job:
         vm = self.db.get_vm(ref)
@@ -212,7 +243,12 @@ class VmService:
             self.db.add_event(vm.id, "nic-detached", message)
             return message
 
-        return self._submit(ref, VmOperation.DETACH_NIC, work)
+        def capable(vm: Vm) -> None:
+            if is_live(vm.state):
+                capability_check.require(self.driver, "nic_hotplug", what=f"remove a NIC from vm '{vm.name}'",
+                                         spec=vm.spec)
+
+        return self._submit(ref, VmOperation.DETACH_NIC, work, capable=capable)
 
     def set_link(self, ref: str, mac: str, up: bool) -> Job:
         vm = self.db.get_vm(ref)
@@ -228,7 +264,9 @@ class VmService:
             self.db.add_event(vm.id, "link", message)
             return message
 
-        return self._submit(ref, VmOperation.SET_LINK, work)
+        # Always: a running VM's cable is plugged or pulled now, a stopped VM's at each start.
+        return self._submit(ref, VmOperation.SET_LINK, work,
+                            capable=self._needs("link_state", f"set the link of NIC {nic.mac} of {{vm}}"))
 
     # --- disks -----------------------------------------------------------------------------------------------
     def attach_disk(self, ref: str, disk: DiskSpec) -> Job:
@@ -251,7 +289,12 @@ class VmService:
             self.db.add_event(vm.id, "disk-attached", f"{label} {where}")
             return f"{label} {where}"
 
-        return self._submit(ref, VmOperation.ATTACH_DISK, work, locks=self.disks.locks([resolved]))
+        def capable(vm: Vm) -> None:
+            if is_live(vm.state):
+                capability_check.require(self.driver, "disk_hotplug", what=f"hot-plug {label} into vm '{vm.name}'",
+                                         spec=vm.spec, disk=resolved)
+
+        return self._submit(ref, VmOperation.ATTACH_DISK, work, locks=self.disks.locks([resolved]), capable=capable)
 
     def _find_disk(self, vm: Vm, disk_ref: str) -> DiskSpec:
         """A disk of the VM by its volume or by any path to its file."""
@@ -276,17 +319,24 @@ class VmService:
             self.db.add_event(vm.id, "disk-detached", message)
             return message
 
-        return self._submit(ref, VmOperation.DETACH_DISK, work, locks=self.disks.locks([disk]))
+        def capable(vm: Vm) -> None:
+            if is_live(vm.state):
+                capability_check.require(self.driver, "disk_hotplug", what=f"hot-unplug {disk.volume or disk.path} "
+                                         f"from vm '{vm.name}'", spec=vm.spec)
+
+        return self._submit(ref, VmOperation.DETACH_DISK, work, locks=self.disks.locks([disk]), capable=capable)
 
     # --- console ---------------------------------------------------------------------------------------------
     async def open_console(self, ref: str) -> tuple[Vm, ConsoleStreams]:
         vm = self.db.get_vm(ref)
         require(VmOperation.CONSOLE, vm.state, f"vm '{vm.name}'")
+        capability_check.require(self.driver, "console", what=f"open the serial console of vm '{vm.name}'")
         return vm, await self.driver.open_console(vm.id)
 
     async def open_vnc(self, ref: str) -> tuple[Vm, ConsoleStreams]:
         vm = self.db.get_vm(ref)
         require(VmOperation.CONSOLE, vm.state, f"vm '{vm.name}'")
+        capability_check.require(self.driver, "vnc", what=f"open the graphical console of vm '{vm.name}'")
         if vm.spec.display != "vnc":
             raise Conflict(f"vm '{vm.name}' has no graphical console: its spec has display '{vm.spec.display}' "
                            "(a VM created with display 'vnc' on machine q35 has one)")
