@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ class Settings:
     database_url: str = ""
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    reconcile_interval: float = 1.0
+    # The full reconcile pass (every domain against every record): only the fallback, since state changes arrive
+    # as the hypervisor's events; it still catches what no event announces (a domain started outside virtfleet).
+    reconcile_interval: float = 30.0
     metrics_interval: float = 10.0  # how often each running VM's usage is sampled (the last hour is kept)
     qemu_binary: str = "qemu-system-x86_64"
     max_volume_size: int = DEFAULT_MAX_VOLUME_SIZE
@@ -60,6 +63,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.driver_setting()  # a bad --driver / VIRTFLEET_DRIVER is refused at start-up, naming the setting
+        if not 0 < self.reconcile_interval < math.inf:
+            raise ValueError(f"reconcile_interval (VIRTFLEET_RECONCILE_INTERVAL) must be a positive number of seconds, "
+                             f"not {self.reconcile_interval}")
         if not MIN_VOLUME_BYTES <= self.max_volume_size <= MAX_VOLUME_BYTES:
             raise ValueError(f"max_volume_size (VIRTFLEET_MAX_VOLUME_SIZE) must lie between "
                              f"{format_size(MIN_VOLUME_BYTES)} and {format_size(MAX_VOLUME_BYTES)}, "
@@ -90,6 +96,12 @@ class Settings:
                 values["max_volume_size"] = parse_size_bytes(env["VIRTFLEET_MAX_VOLUME_SIZE"], default_unit="b")
             except ValueError as error:
                 raise ValueError(f"VIRTFLEET_MAX_VOLUME_SIZE: {error}") from None
+        if "VIRTFLEET_RECONCILE_INTERVAL" in env:
+            try:
+                values["reconcile_interval"] = float(env["VIRTFLEET_RECONCILE_INTERVAL"])
+            except ValueError:
+                raise ValueError(f"VIRTFLEET_RECONCILE_INTERVAL: {env['VIRTFLEET_RECONCILE_INTERVAL']!r} is not a "
+                                 "number of seconds") from None
         if "VIRTFLEET_POOL_ROOTS" in env:  # colon-separated, like PATH; empty: only the data directory's pools/
             values["pool_roots"] = tuple(Path(p) for p in env["VIRTFLEET_POOL_ROOTS"].split(":") if p)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -176,9 +176,13 @@ async def test_reboot_then_stop_keeps_console_history(env: DriverEnv) -> None:
 async def test_killed_hypervisor_is_reported_down(env: DriverEnv) -> None:
     vm_id = new_vm_id()
     spec = env.spec("c-crash")
+    announced = asyncio.Event()
+    env.driver.watch(lambda changed: announced.set() if changed == vm_id else None)
     await env.start(vm_id, spec)
+    announced.clear()  # what starting announced, if anything
 
     await env.kill_hypervisor(vm_id)
+    await asyncio.wait_for(announced.wait(), 2.0)  # the driver tells of it (watch): nobody has to poll
     down = await wait_down(env.driver, vm_id, timeout=2.0)
     assert down.pid is None
     assert down.reason, f"no reason given for {down}"

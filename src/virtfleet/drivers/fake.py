@@ -7,6 +7,7 @@ an earlier one started, the way a restarted agent finds QEMU processes still run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,6 +57,7 @@ class FakeDomain:
     image_tags: dict[str, set[str]] = field(default_factory=dict)  # image -> its internal snapshots
 
 
+Watcher = tuple[asyncio.AbstractEventLoop, Callable[[str], None]]
 HOLD_TIMEOUT = 30.0  # a test that forgets to release a held call fails instead of hanging
 
 
@@ -81,6 +83,7 @@ class FakeHost:
         """A domain virt-manager or VDSM made on this host: real libvirt XML, for `host adopt` to read."""
         domain = self.foreign[name] = ForeignDomain(name, uuid, state, persistent, xml)
         return domain
+    watchers: list[Watcher] = field(default_factory=list)  # drivers on this host told of changes made behind them
 
     def hold(self, operation: str) -> Hold:
         """Make the next `operation` call (list_domains: after it has read the domains) wait for hold.released."""
@@ -93,6 +96,14 @@ class FakeHost:
         domain.state = VmState.CRASHED
         domain.pid = None
         domain.reason = reason
+        self.announce(vm_id)
+
+    def announce(self, vm_id: str) -> None:
+        """Tell the watching drivers that this domain may have changed, as a hypervisor's event would (from any
+        thread: tests drive the host from outside the server's loop)."""
+        for loop, on_change in list(self.watchers):
+            with contextlib.suppress(RuntimeError):  # that driver's loop is closed: nobody listens any more
+                loop.call_soon_threadsafe(on_change, vm_id)
 
 
 _HOSTS: dict[str, FakeHost] = {}
@@ -155,7 +166,9 @@ class FakeDriver:
         return statuses
 
     async def status(self, vm_id: str) -> DomainStatus:
-        return self._status(vm_id, self._domain(vm_id))
+        status = self._status(vm_id, self._domain(vm_id))
+        await self._maybe_hold("status")  # after the read, like list_domains: the host may move on meanwhile
+        return status
 
     async def define(self, vm_id: str, spec: VmSpec) -> None:
         domain = self.host.domains.get(vm_id)
@@ -360,9 +373,10 @@ class FakeDriver:
 
     def watch(self, on_change: Callable[[str], None]) -> None:
         self._on_change = on_change
+        self.host.watchers.append((asyncio.get_running_loop(), on_change))
 
     async def close(self) -> None:
-        return None
+        self.host.watchers[:] = [w for w in self.host.watchers if w[1] is not self._on_change]
 
 
 CAPABILITIES_OPTION = "capabilities"  # DriverConfig.extra: what the fake lacks, so tests see every refusal

@@ -65,6 +65,12 @@ class JobRunner:
         self._done: dict[str, asyncio.Event] = {}  # job id -> set when finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._windows: list[WatchWindow] = []
+        self._release_listeners: list[Callable[[str], None]] = []
+
+    def on_release(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key)` for every object a job lets go of, as it does (the reconciler re-reads a VM then:
+        its domain may have changed while the job owned it, and no pass looked at it meanwhile)."""
+        self._release_listeners.append(listener)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[WatchWindow]:
@@ -149,6 +155,9 @@ class JobRunner:
                 del self._active[key]
             self._note(released)
             self._done.pop(job.id).set()
+            for key in released:
+                for listener in self._release_listeners:
+                    listener(key)
 
     def _finish(self, job: Job, **outcome: Any) -> None:
         """Record how a job ended; when the database cannot be written (its disk is full) say so in the log, which

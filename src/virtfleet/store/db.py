@@ -219,6 +219,12 @@ class Database:
                 raise NotFound("vm", ref)
             return _vm(row)
 
+    def find_vm(self, vm_id: str) -> Vm | None:
+        """The VM with this id (never a name), or None: one primary-key read, whatever the size of the fleet."""
+        with self.session() as session:
+            row = session.get(VmRow, vm_id)
+            return None if row is None else _vm(row)
+
     def list_vms(self) -> list[Vm]:
         with self.session() as session:
             return [_vm(row) for row in session.scalars(select(VmRow).order_by(VmRow.name))]

@@ -153,6 +153,7 @@ class QemuDriver:
         self._consoles: dict[str, asyncio.StreamWriter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._announcing: set[asyncio.Task[None]] = set()  # exits waited for, to be announced
         self._on_change: Callable[[str], None] = lambda vm_id: None
 
     # --- host ----------------------------------------------------------------------------------------------
@@ -247,13 +248,18 @@ class QemuDriver:
         if monitor is not None:
             await monitor.close()
 
-        def on_shutdown(data: Mapping[str, Any]) -> None:
+        def on_event(event: str, data: Mapping[str, Any]) -> None:
+            if event != "SHUTDOWN":
+                self._on_change(vm_id)
+                return
+            # QEMU exits next: only its cause is recorded here, and the hang-up announces the change (announced
+            # now, a read would catch the short "shutdown" run state and report a VM stopping).
             cause = str(data.get("reason", ""))
             reason = _SHUTDOWN_REASONS.get(cause, f"QEMU shut down ({cause or 'no reason given'})")
             crashed = cause in ("guest-panic",)
             self._record_exit(paths, VmState.CRASHED if crashed else VmState.STOPPED, reason)
 
-        monitor = Monitor(f"vm-{vm_id[:8]}", on_shutdown)
+        monitor = Monitor(f"vm-{vm_id[:8]}", on_event, lambda: self._announce_exit(vm_id, paths))
         await monitor.connect(paths.qmp)
         self._monitors[vm_id] = monitor
         return monitor
@@ -298,6 +304,18 @@ class QemuDriver:
         if exit_record is None:
             return DomainStatus(vm_id, VmState.STOPPED, None, "", "", spec)
         return DomainStatus(vm_id, VmState(exit_record["state"]), None, str(exit_record["reason"]), "", spec)
+
+    def _announce_exit(self, vm_id: str, paths: RunPaths) -> None:
+        """QEMU hung up its monitor: announce the change once the process is gone (it closes the socket a moment
+        before it exits, and a read in between would find it alive with no monitor), or after QUIT_TIMEOUT if it
+        lingers: then what is read is QEMU alive without a monitor."""
+        async def announce() -> None:
+            await self._wait_exit(vm_id, paths, QUIT_TIMEOUT)
+            self._on_change(vm_id)
+
+        task = asyncio.get_running_loop().create_task(announce(), name=f"qemu-exit-{vm_id}")
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
 
     def _forget(self, vm_id: str) -> None:
         monitor = self._monitors.pop(vm_id, None)
@@ -655,6 +673,9 @@ class QemuDriver:
         self._on_change = on_change
 
     async def close(self) -> None:
+        for task in self._announcing:
+            task.cancel()
+        await asyncio.gather(*self._announcing, return_exceptions=True)
         for monitor in self._monitors.values():
             await monitor.close()
         self._monitors.clear()

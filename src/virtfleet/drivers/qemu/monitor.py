@@ -15,7 +15,13 @@ from virtfleet.errors import DriverError
 
 log = logging.getLogger(__name__)
 
-ShutdownHandler = Callable[[Mapping[str, Any]], None]
+EventHandler = Callable[[str, Mapping[str, Any]], None]  # (QMP event name, its data)
+
+# The QMP events after which a domain's run state may differ from what was last read.
+STATE_EVENTS = (
+    "SHUTDOWN", "STOP", "RESUME", "RESET", "SUSPEND", "WAKEUP", "GUEST_PANICKED", "GUEST_CRASHLOADED",
+    "BLOCK_IO_ERROR",
+)
 
 
 class MonitorGone(DriverError):
@@ -23,9 +29,14 @@ class MonitorGone(DriverError):
 
 
 class Monitor:
-    def __init__(self, name: str, on_shutdown: ShutdownHandler | None = None) -> None:
+    def __init__(self, name: str, on_event: EventHandler | None = None, on_gone: Callable[[], None] | None = None
+                 ) -> None:
+        """`on_event` hears every event of STATE_EVENTS; `on_gone` is called once if QEMU hangs up (it exited or
+        was killed), never when we close the connection ourselves."""
         self._client = QMPClient(name)
-        self._on_shutdown = on_shutdown
+        self._on_event = on_event
+        self._on_gone = on_gone
+        self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self.gone = asyncio.Event()
 
@@ -38,7 +49,7 @@ class Monitor:
             await asyncio.wait_for(self._client.connect(str(path)), timeout)
         except (QMPError, OSError, TimeoutError) as exc:
             raise DriverError(f"cannot connect to the QMP monitor at {path}", str(exc) or type(exc).__name__) from exc
-        listener = EventListener(("SHUTDOWN",))
+        listener = EventListener(STATE_EVENTS)
         self._client.register_listener(listener)
         self._tasks = [
             asyncio.create_task(self._watch_events(listener)),
@@ -48,8 +59,12 @@ class Monitor:
     async def _watch_events(self, listener: EventListener) -> None:
         async for event in listener:
             data = event.get("data")
-            if self._on_shutdown is not None:
-                self._on_shutdown(data if isinstance(data, Mapping) else {})
+            if self._on_event is None:
+                continue
+            try:
+                self._on_event(str(event.get("event", "")), data if isinstance(data, Mapping) else {})
+            except Exception:  # one bad handler call must not deafen us to the events after it
+                log.exception("QMP event handler failed on %s", event.get("event"))
 
     async def _watch_disconnect(self) -> None:
         # When QEMU hangs up, qemu.qmp waits in DISCONNECTING for someone to collect the error: we do.
@@ -58,6 +73,8 @@ class Monitor:
         self.gone.set()
         with contextlib.suppress(Exception):
             await self._client.disconnect()
+        if self._on_gone is not None and not self._closed:
+            self._on_gone()
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None, timeout: float = 10.0) -> Any:
         if not self.connected:
@@ -70,6 +87,7 @@ class Monitor:
             raise MonitorGone(f"QMP {command}: no answer from QEMU", str(exc) or type(exc).__name__) from exc
 
     async def close(self) -> None:
+        self._closed = True
         self.gone.set()
         with contextlib.suppress(Exception):
             await self._client.disconnect()
