@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtfleet.model.storage import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
-from virtfleet.model.units import format_size, parse_size_bytes
 from virtfleet.storage.addresses import ALLOW_VARIABLE, IPNetwork, parse_networks
 
 DEFAULT_PORT = 8470
@@ -36,6 +34,11 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "virtfleet"
 
 
+def data_dir_from_env() -> Path:
+    """$VIRTFLEET_DATA_DIR, else the default: all a client needs to find a local server's admin token."""
+    return Path(os.environ.get("VIRTFLEET_DATA_DIR", str(default_data_dir())))
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -57,6 +60,11 @@ class Settings:
     import_devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # Imported here, not at the top: the CLI imports this module for its defaults, and the model package loads
+        # pydantic and every model (more than a whole `virtfleet version` may cost).
+        from virtfleet.model.storage import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
+        from virtfleet.model.units import format_size
+
         if not MIN_VOLUME_BYTES <= self.max_volume_size <= MAX_VOLUME_BYTES:
             raise ValueError(f"max_volume_size (VIRTFLEET_MAX_VOLUME_SIZE) must lie between "
                              f"{format_size(MIN_VOLUME_BYTES)} and {format_size(MAX_VOLUME_BYTES)}, "
@@ -69,7 +77,7 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ
         values: dict[str, object] = {
-            "data_dir": Path(env.get("VIRTFLEET_DATA_DIR", str(default_data_dir()))),
+            "data_dir": data_dir_from_env(),
             "driver": env.get("VIRTFLEET_DRIVER", "qemu"),
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
@@ -80,6 +88,8 @@ class Settings:
             "import_devices": tuple(p for p in env.get("VIRTFLEET_IMPORT_DEVICES", "").split(",") if p.strip()),
         }
         if "VIRTFLEET_MAX_VOLUME_SIZE" in env:
+            from virtfleet.model.units import parse_size_bytes  # see __post_init__
+
             try:
                 values["max_volume_size"] = parse_size_bytes(env["VIRTFLEET_MAX_VOLUME_SIZE"], default_unit="b")
             except ValueError as error:
