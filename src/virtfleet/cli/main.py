@@ -6,7 +6,6 @@ It starts in a few tens of milliseconds whatever the command: the sub-commands' 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,8 @@ def serve(
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run the API server, the web UI and the local agent (state in SQLite under the data directory)."""
+    import logging
+
     import uvicorn
 
     from virtfleet.api.app import create_app
