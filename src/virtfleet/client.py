@@ -38,6 +38,7 @@ def default_token(url: str, data_dir: Path | None = None) -> str | None:
     except OSError:
         return None
 
+
 # The server sends a keepalive every 15 s: four missed means the connection is dead.
 EVENTS_READ_TIMEOUT = 60.0
 
@@ -111,7 +112,7 @@ def _json_bytes(value: Any) -> bytes:
 def _lines(response: http.client.HTTPResponse) -> Iterator[str]:
     """The lines of a streamed answer, without their line ends."""
     while line := response.readline():
-        yield line.decode().rstrip("\r\n")
+        yield line.decode(errors="replace").rstrip("\r\n")
 
 
 def _query(params: Mapping[str, Any] | None) -> str:
