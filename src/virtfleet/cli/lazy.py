@@ -1,5 +1,5 @@
 """A command group that costs little to start: its entries' modules are imported only when one of their commands runs
-(or its own help is shown), and its own text options are taken as given.
+(or its own help is shown), and text and flag parameters skip Typer's pydantic check.
 
 Building every sub-command (80-odd Typer signatures, and the modules behind them) costs more than a whole
 `virtfleet version`; the top-level help lists each lazy entry by a summary kept beside it, so it loads nothing."""
@@ -37,7 +37,9 @@ def take_as_given(command: _click.Command, ctx: _click.Context | None = None) ->
 
     Typer checks every value through a pydantic TypeAdapter, built on first use, and importing pydantic costs more
     than all the rest of `virtfleet version`. Text needs no check (it is the text given) and a flag is parsed as
-    True, False or None already; numbers, lists, paths and choices keep Typer's checks."""
+    True, False or None already; numbers, lists, paths and choices keep Typer's checks. Typer makes the check on first
+    use into `_runtime_param`; filling that slot first with its own pass-through check is all this changes (the
+    start-up unit tests fail if a Typer release stops honouring it)."""
     help_option = command.get_help_option(ctx or Context(command))  # made on first use too, then kept
     for param in [*command.params, *([help_option] if help_option is not None else [])]:
         if (isinstance(param, TyperOption | TyperArgument) and param._runtime_param is None
@@ -100,12 +102,6 @@ class LazyGroup(TyperGroup):
         super().__init__(**attrs)
         own = dict(self.commands)
         self.commands = self._commands = _Commands([*self.lazy_commands, *own, *self.lazy_groups], own, self._load)
-        # Typer checks each value it parses through a pydantic TypeAdapter, and loading pydantic costs more than the
-        # rest of `virtfleet version`. A text option needs no check: its value is the text given (or None).
-        for param in self.params:
-            if isinstance(param, TyperOption) and param.type_descriptor.annotation is str:
-                param._runtime_param = PassThroughRuntimeParam(annotation=str,
-                                                               parameter_info=param.type_descriptor.parameter_info)
 
     def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
         take_as_given(self, ctx)  # the options Typer adds after building the group (shell completion) included
