@@ -8,8 +8,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtfleet.model.storage import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
-from virtfleet.model.units import format_size, parse_size_bytes
 from virtfleet.storage.addresses import ALLOW_VARIABLE, IPNetwork, parse_networks
 
 DEFAULT_PORT = 8470
@@ -37,6 +35,11 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "virtfleet"
 
 
+def data_dir_from_env() -> Path:
+    """$VIRTFLEET_DATA_DIR, else the default: all a client needs to find a local server's admin token."""
+    return Path(os.environ.get("VIRTFLEET_DATA_DIR", str(default_data_dir())))
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -62,6 +65,11 @@ class Settings:
     fake_capabilities: str = ""
 
     def __post_init__(self) -> None:
+        # Imported here, not at the top: the CLI imports this module for its defaults, and the model package loads
+        # pydantic and every model (more than a whole `virtfleet version` may cost).
+        from virtfleet.model.storage import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
+        from virtfleet.model.units import format_size
+
         self.driver_setting()  # a bad --driver / VIRTFLEET_DRIVER is refused at start-up, naming the setting
         if not 0 < self.reconcile_interval < math.inf:
             raise ValueError(f"reconcile_interval (VIRTFLEET_RECONCILE_INTERVAL) must be a positive number of seconds, "
@@ -80,7 +88,7 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ
         values: dict[str, object] = {
-            "data_dir": Path(env.get("VIRTFLEET_DATA_DIR", str(default_data_dir()))),
+            "data_dir": data_dir_from_env(),
             "driver": env.get("VIRTFLEET_DRIVER", "qemu"),
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
@@ -92,6 +100,8 @@ class Settings:
             "fake_capabilities": env.get("VIRTFLEET_FAKE_CAPABILITIES", ""),
         }
         if "VIRTFLEET_MAX_VOLUME_SIZE" in env:
+            from virtfleet.model.units import parse_size_bytes  # see __post_init__
+
             try:
                 values["max_volume_size"] = parse_size_bytes(env["VIRTFLEET_MAX_VOLUME_SIZE"], default_unit="b")
             except ValueError as error:

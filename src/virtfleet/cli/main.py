@@ -1,41 +1,65 @@
-"""The `virtfleet` command: serve, demo, vm, image, job, host."""
+"""The `virtfleet` command: serve, demo, vm, image, job, host.
+
+Start-up loads only what the command run needs (bench/cli_start.py measures it): the sub-commands' modules load when
+one of theirs runs (see cli/lazy.py), the heavy libraries (the server, Rich, the API client) inside the commands that
+use them."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import typer
 
 from virtfleet import __version__
-from virtfleet.cli import host, image, jobs, network, storage, users, v2v, vm
-from virtfleet.cli.demo import demo
-from virtfleet.cli.events import events
-from virtfleet.cli.output import err, fail, out, state
+from virtfleet.cli.lazy import Lazy, LazyGroup
+from virtfleet.cli.output import err, fail, state
 from virtfleet.config import DEFAULT_PORT, DEFAULT_URL, Settings, is_loopback
 from virtfleet.private_files import PRIVATE_UMASK
 
+
+class Commands(LazyGroup):
+    lazy_commands: ClassVar[dict[str, Lazy]] = {
+        "demo": Lazy("virtfleet.cli.demo:demo",
+                     "Boot a demo VM from the built-in tiny image and show its console until the guest is up."),
+        "audit": Lazy("virtfleet.cli.users:audit",
+                      "Show the audit log: who changed what, and refused attempts (admins)."),
+        "events": Lazy("virtfleet.cli.events:events",
+                       "Follow VM state changes, VM event-log lines and jobs as they happen (Ctrl-C to stop)."),
+        "import": Lazy("virtfleet.cli.v2v:import_vm",
+                       "Import a VM made elsewhere: its CPUs, memory, disks (converted) and NICs (MACs kept), with "
+                       "a report of every setting that is not carried over."),
+        "export": Lazy("virtfleet.cli.v2v:export_vm",
+                       "Export a stopped VM for VMware, VirtualBox, Xen or libvirt: its disks converted and a "
+                       "description."),
+    }
+    lazy_groups: ClassVar[dict[str, Lazy]] = {
+        "vm": Lazy("virtfleet.cli.vm:app", "Create and run virtual machines."),
+        "image": Lazy("virtfleet.cli.image:app", "Guest images."),
+        "job": Lazy("virtfleet.cli.jobs:app", "Jobs: every state change runs as one."),
+        "pool": Lazy("virtfleet.cli.storage:pools", "Storage pools."),
+        "volume": Lazy("virtfleet.cli.storage:volumes", "Volumes (disk images) in storage pools."),
+        "network": Lazy("virtfleet.cli.network:app",
+                        "Networks: nat, isolated, bridge (a host bridge) or user (QEMU user mode)."),
+        "user": Lazy("virtfleet.cli.users:users",
+                     "Users and roles: viewer (read only), operator (manage VMs), admin (everything)."),
+        "token": Lazy("virtfleet.cli.users:tokens",
+                      "API tokens for scripts (sent as `Authorization: Bearer ...`, or VIRTFLEET_TOKEN)."),
+        "host": Lazy("virtfleet.cli.host:app", "This host: show it, adopt the VMs other tools made on it."),
+    }
+
+
 app = typer.Typer(
+    cls=Commands,
     help="virtfleet: run QEMU/KVM virtual machines on one host or a fleet.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help and usage errors: Rich formatting would load Rich (more than a whole `virtfleet version` costs)
+    # for every --help and every mistyped option.
+    rich_markup_mode=None,
 )
-app.add_typer(vm.app, name="vm")
-app.add_typer(image.app, name="image")
-app.add_typer(jobs.app, name="job")
-app.add_typer(storage.pools, name="pool")
-app.add_typer(storage.volumes, name="volume")
-app.add_typer(network.app, name="network")
-app.add_typer(users.users, name="user")
-app.add_typer(users.tokens, name="token")
-app.add_typer(host.app, name="host")
-app.command()(demo)
-app.command()(users.audit)
-app.command()(events)
-app.command("import")(v2v.import_vm)
-app.command("export")(v2v.export_vm)
 
 
 @app.callback()
@@ -51,7 +75,7 @@ def main_options(
 @app.command()
 def version() -> None:
     """Print the version."""
-    out.print(__version__)
+    print(__version__)
 
 
 @app.command()
@@ -66,6 +90,8 @@ def serve(
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run the API server, the web UI and the local agent (state in SQLite under the data directory)."""
+    import logging
+
     import uvicorn
 
     from virtfleet.api.app import create_app

@@ -1,21 +1,49 @@
-"""How the CLI talks to people and scripts: Rich tables, or JSON with --json; one-line errors, non-zero exit."""
+"""How the CLI talks to people and scripts: Rich tables, or JSON with --json; one-line errors, non-zero exit.
+
+Rich and the API client are imported when first used: either costs more than a whole `virtfleet version`."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from virtfleet.client import ApiError, Client, default_token
 from virtfleet.config import DEFAULT_URL
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.status import Status
+
+    from virtfleet.client import Client
+
+
+class LazyConsole:
+    """A Rich console made on first use (commands that print JSON or nothing never load Rich)."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False)
+        return self._console
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.console.print(*objects, **options)
+
+    def status(self, message: str) -> Status:
+        return self.console.status(message)
+
+
+out = LazyConsole()
+err = LazyConsole(stderr=True)
 
 
 class _State:
@@ -23,9 +51,13 @@ class _State:
     token: str | None = None  # --token / $VIRTFLEET_TOKEN; else the local admin token (see default_token)
 
     def credentials(self) -> str | None:
+        from virtfleet.client import default_token
+
         return self.token or default_token(self.url)
 
     def client(self, timeout: float = 30.0) -> Client:
+        from virtfleet.client import Client
+
         return Client(self.url, timeout=timeout, token=self.credentials())
 
 
@@ -48,6 +80,8 @@ def print_json(data: Any) -> None:
 
 def run(as_json: bool, action: Callable[[Client], Any], render: Callable[[Any], None] | None = None) -> Any:
     """Call the API; print the result as JSON or through `render`; turn errors into one line and exit 1."""
+    from virtfleet.client import ApiError
+
     client = state.client()
     try:
         result = action(client)
@@ -93,6 +127,8 @@ def _exit_failed() -> NoReturn:
 
 
 def table(columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
     grid = Table(*columns, box=None, pad_edge=False, header_style="bold")
     for row in rows:
         grid.add_row(*row)
