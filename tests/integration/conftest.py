@@ -80,7 +80,7 @@ class Daemon:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/api/v1"
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
         log = (self.data_dir / "serve.log").open("ab")
         command = [sys.executable, "-m", "virtfleet", "serve", "--host", self.host, "--port", str(self.port),
                    "--data-dir", str(self.data_dir)]
@@ -89,7 +89,7 @@ class Daemon:
         env = {**os.environ, "VIRTFLEET_METRICS_INTERVAL": "0.5", **self.env}  # charts fill up within a test
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, env=env)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
