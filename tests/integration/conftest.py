@@ -98,6 +98,7 @@ class Daemon:
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
+        self.stop()  # no caller stops a daemon whose start raised: it would outlive the test
         raise RuntimeError(f"virtfleet serve did not come up: {(self.data_dir / 'serve.log').read_text()[-2000:]}")
 
     def kill(self) -> None:
