@@ -81,7 +81,7 @@ class Daemon:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/api/v1"
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
         log = (self.data_dir / "serve.log").open("ab")
         command = [sys.executable, "-m", "virtfleet", "serve", "--host", self.host, "--port", str(self.port),
                    "--data-dir", str(self.data_dir), *self.args]
@@ -90,7 +90,7 @@ class Daemon:
         env = {**os.environ, "VIRTFLEET_METRICS_INTERVAL": "0.5", **self.env}  # charts fill up within a test
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, env=env)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
@@ -99,6 +99,7 @@ class Daemon:
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
+        self.stop()  # no caller stops a daemon whose start raised: it would outlive the test
         raise RuntimeError(f"virtfleet serve did not come up: {(self.data_dir / 'serve.log').read_text()[-2000:]}")
 
     def kill(self) -> None:

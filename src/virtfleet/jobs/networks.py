@@ -191,3 +191,12 @@ class NetworkService:
                 for lease in self._dnsmasq(name).leases():
                     found[lease.mac.lower()] = lease.ip
         return found
+
+    def all_addresses(self) -> dict[str, str]:
+        """MAC -> IPv4 address over every network: one read of each lease file however many VMs there are."""
+        found: dict[str, str] = {}
+        for network in self.repo.all():
+            if network.spec.mode in ("nat", "isolated"):
+                for lease in self._dnsmasq(network.name).leases():
+                    found[lease.mac.lower()] = lease.ip
+        return found

@@ -41,14 +41,20 @@ async function run(vm, action, buttons) {
   }
 }
 
+/** Whether `vm` in its state allows `verb` (a template only allows delete). */
+export function allows(vm, verb) {
+  const action = ACTIONS.find((candidate) => candidate.verb === verb);
+  return Boolean(action) && action.states.includes(vm.state) && (!vm.template || verb === "delete");
+}
+
 /** The buttons for `vm` in its current state, or null for viewers (they may look, not touch). */
 export function actionButtons(vm) {
   if (!can("operator")) return null;
-  const allowed = ACTIONS.filter((action) => action.states.includes(vm.state) && (!vm.template || action.verb === "delete"));
+  const allowed = ACTIONS.filter((action) => allows(vm, action.verb));
   const buttons = [];
   for (const action of allowed) {
     const button = h("button", {
-      type: "button", class: action.danger ? "danger small" : "small", "data-action": action.verb,
+      type: "button", class: action.danger ? "danger small" : "small", "data-action": action.verb, "data-key": action.verb,
       "aria-label": `${action.label} ${vm.name}`,
     }, action.label);
     button.addEventListener("click", () => run(vm, action, buttons));
