@@ -93,7 +93,6 @@ class Settings:
             "database_url": env.get("VIRTFLEET_DATABASE_URL", ""),
             "qemu_binary": env.get("VIRTFLEET_QEMU", "qemu-system-x86_64"),
             "metrics_interval": float(env.get("VIRTFLEET_METRICS_INTERVAL", "10")),
-            "reconcile_interval": float(env.get("VIRTFLEET_RECONCILE_INTERVAL", "1")),
             "import_allow": parse_networks(env.get(ALLOW_VARIABLE, "")),
             "import_root": Path(env["VIRTFLEET_IMPORT_DIR"]) if env.get("VIRTFLEET_IMPORT_DIR") else None,
             "export_root": Path(env["VIRTFLEET_EXPORT_DIR"]) if env.get("VIRTFLEET_EXPORT_DIR") else None,
