@@ -330,3 +330,13 @@ def test_an_ova_member_that_does_not_match_its_manifest_is_refused(root: Path, t
 def test_a_name_the_file_system_cannot_hold_is_a_clear_error(root: Path) -> None:
     with pytest.raises(InvalidSpec, match="path"):  # was an OSError (ENAMETOOLONG): a 500 from the API
         read_source(ImportDir(root), ImportDir(root).entry("0" * 1000))
+
+
+def test_an_xml_declaration_naming_an_unknown_encoding_is_one_clear_error() -> None:
+    """Found by the fuzzer: a mutated encoding name reached Python's codec lookup and escaped as a LookupError."""
+    from virtfleet.v2v.errors import SourceError
+    from virtfleet.v2v.xmlsafe import parse
+
+    with pytest.raises(SourceError) as raised:
+        parse(b'<?xml version="1.0" encoding="UT-16"?>\n<a>\xff</a>', "vm.xml")
+    assert raised.value.field == "encoding" and "vm.xml" in raised.value.message

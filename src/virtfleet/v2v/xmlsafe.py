@@ -86,6 +86,8 @@ def parse(data: bytes, file: str) -> ET.Element:
     except expat.ExpatError as exc:
         raise SourceError(file, f"line {exc.lineno}", f"not well-formed XML: {expat.ErrorString(exc.code)}"
                           ) from None
+    except LookupError as exc:  # expat asks Python's codecs for the encoding the declaration names
+        raise SourceError(file, "encoding", f"the XML declaration names an unknown encoding ({exc})") from None
     except (RecursionError, MemoryError, ValueError, AssertionError) as exc:
         raise SourceError(file, "xml", f"cannot be parsed: {type(exc).__name__}") from None
     return root
