@@ -23,7 +23,7 @@ import pytest
 
 from virtfleet.drivers.base import BootImage, DomainStatus, Driver, DriverConfig, create_driver
 from virtfleet.drivers.fake import fake_host_for
-from virtfleet.model.vm import VmSpec
+from virtfleet.model.vm import VmSpec, VmState
 
 READY_MARKER = "VIRTFLEET-READY"
 # Large enough that the whole history of a test (two quiet boots and a few commands) fits: counting markers
@@ -45,6 +45,9 @@ class DriverEnv:
     image_dir: Path | None = None  # the built tiny image (qemu only)
     drivers: list[Driver] = field(default_factory=list)  # every instance created, closed at teardown
     unique_names: bool = False  # a hypervisor shared with others: suffix every VM name
+    foreign: list[str] = field(default_factory=list)  # foreign domains a test made, removed at teardown
+    # Our own libvirt connection, open until teardown: libvirt's mock forgets its domains with its last connection.
+    foreign_conn: Any = None
 
     def new_driver(self) -> Driver:
         """A fresh driver instance on the same run_dir, the way a restarted agent starts over."""
@@ -127,6 +130,52 @@ class DriverEnv:
         assert pid is not None, f"running domain {vm_id} without a pid"
         os.kill(pid, signal.SIGKILL)
 
+    def add_foreign(self, *, running: bool = False, persistent: bool = True) -> str:
+        """A domain another tool (virsh, virt-manager) made on the host, without virtfleet's marks; its name.
+        A running one boots nothing: no disk, no kernel (a real QEMU sits in its firmware)."""
+        name = f"foreign-{uuid.uuid4().hex[:8]}"
+        domain_uuid = str(uuid.uuid4())
+        if self.name == "fake":
+            xml = f"<domain type='kvm'><name>{name}</name><uuid>{domain_uuid}</uuid></domain>"
+            state = VmState.RUNNING if running or not persistent else VmState.STOPPED
+            fake_host_for(self.config).add_foreign(name, domain_uuid, xml, state, persistent=persistent)
+            return name
+        import libvirt
+
+        mock = self.config.extra["uri"].startswith("test:")
+        kind, machine = ("test", "") if mock else ("qemu", " machine='q35'")
+        xml = (f"<domain type='{kind}'><name>{name}</name><uuid>{domain_uuid}</uuid>"
+               "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+               f"<os><type arch='x86_64'{machine}>hvm</type></os></domain>")
+        if self.foreign_conn is None:
+            self.foreign_conn = libvirt.open(self.config.extra["uri"])
+        self.foreign.append(name)
+        if not persistent:
+            self.foreign_conn.createXML(xml, 0)
+            return name
+        domain = self.foreign_conn.defineXML(xml)
+        if running:
+            domain.create()
+        return name
+
+    def remove_foreign(self) -> None:
+        """Destroy and undefine what add_foreign made that is still there (a taken-over one the driver removes)."""
+        conn = self.foreign_conn
+        if conn is None:
+            return
+        import libvirt
+
+        try:
+            for name in self.foreign:
+                with contextlib.suppress(libvirt.libvirtError):
+                    domain = conn.lookupByName(name)
+                    if domain.isActive():
+                        domain.destroy()
+                    with contextlib.suppress(libvirt.libvirtError):  # a transient one is gone with its destroy
+                        domain.undefine()
+        finally:
+            conn.close()
+
 
 # Per environment: the driver and its options. "libvirt-system" is the real libvirtd (qemu:///system), shared
 # with other users of this host: its domains get unique names (DriverEnv.unique_names).
@@ -168,3 +217,4 @@ async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[
         for each in environment.drivers:
             with contextlib.suppress(Exception):
                 await each.close()
+        await asyncio.to_thread(environment.remove_foreign)

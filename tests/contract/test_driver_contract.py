@@ -352,7 +352,11 @@ async def test_block_graph_is_read_back_and_an_interrupted_merge_finishes(env: D
     await driver.memory_snapshot(vm_id, "save", "tag1", [str(overlay)])
     [[top, below]] = await driver.disk_chains(vm_id)
     assert (top.snapshots, below.snapshots) == (("tag1",), ())
+    await driver.memory_snapshot(vm_id, "load", "tag1", [str(overlay)])  # back to that instant, still running
+    assert (await driver.status(vm_id)).state is VmState.RUNNING
+    assert [image.snapshots for image in (await driver.disk_chains(vm_id))[0]] == [("tag1",), ()]
     await driver.memory_snapshot(vm_id, "delete", "tag1", [str(overlay)])
+    assert [image.snapshots for image in (await driver.disk_chains(vm_id))[0]] == [(), ()]
 
     class AgentDied(Exception):
         pass
@@ -375,6 +379,7 @@ async def test_block_graph_is_read_back_and_an_interrupted_merge_finishes(env: D
     assert await chains(adopter) == [[str(base)]]
     await adopter.commit_disk(vm_id, str(overlay), str(base))  # merged already: nothing to do
     await adopter.release_images(vm_id, [str(overlay), str(base)])  # the disk's own image stays open
+    await adopter.release_images(vm_id, [str(base.parent / "never-opened")])  # not open at all: harmless
     assert await chains(adopter) == [[str(base)]]
     assert await adopter.settle_block_jobs(vm_id) == []
     await adopter.stop(vm_id)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from virtfleet.errors import Conflict, NotFound
+from virtfleet.errors import Conflict, InvalidSpec, NotFound
 from virtfleet.model.vm import VmSpec, VmState
 
 libvirt = pytest.importorskip("libvirt")
@@ -87,7 +87,7 @@ def test_take_over_marks_a_running_domain_live_and_persistently_and_it_is_no_lon
 
 def test_take_over_of_a_stopped_domain_writes_the_persistent_definition(conn: Any) -> None:
     domain = define(conn)
-    foreign.take_over(conn, domain.name(), "vm-1", SPEC)
+    foreign.take_over(conn, domain.name(), domain.UUIDString(), SPEC)
     assert our_element(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) is not None
     assert not domain.isActive()
     assert domain.name() not in names(conn)
@@ -107,10 +107,20 @@ def test_a_transient_domain_is_listed_but_refused_and_left_unmarked(conn: Any) -
     listed = {d.name: d for d in foreign.list_foreign(conn)}
     assert listed[domain.name()].persistent is False
     with pytest.raises(Conflict, match=r"transient.*cannot be managed across restarts"):
-        foreign.take_over(conn, domain.name(), "vm-3", SPEC)
+        foreign.take_over(conn, domain.name(), domain.UUIDString(), SPEC)
     assert our_element(domain.XMLDesc(0)) is None
 
 
 def test_an_unknown_domain_is_not_found(conn: Any) -> None:
     with pytest.raises(NotFound):
         foreign.take_over(conn, f"missing-{uuid.uuid4().hex[:8]}", "vm-4", SPEC)
+
+
+def test_an_id_other_than_the_domains_uuid_is_refused_and_the_domain_left_unmarked(conn: Any) -> None:
+    """The driver finds its domains by the UUID it derives from the VM id: under another id the domain taken over
+    would be lost to it."""
+    domain = define(conn)
+    with pytest.raises(InvalidSpec, match="vm_id"):
+        foreign.take_over(conn, domain.name(), str(uuid.uuid4()), SPEC)
+    assert our_element(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) is None
+    assert domain.name() in names(conn)

@@ -244,8 +244,10 @@ class Driver(Protocol):
 
     async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
         """Mark the foreign domain `name` as virtfleet's VM `vm_id` (recorded with `spec`), in its persistent
-        definition and, when it runs, in the live one; nothing is restarted. Refuses a transient domain, and one
-        that is virtfleet's already (Conflict); Unsupported without the adopt capability."""
+        definition and, when it runs, in the live one; nothing is restarted. `vm_id` is the domain's uuid as
+        foreign_domains() gives it (the host keeps a domain's identity: InvalidSpec naming vm_id otherwise).
+        Refuses a transient domain, and one that is virtfleet's already (Conflict); Unsupported without the adopt
+        capability."""
         ...
 
     def watch(self, on_change: Callable[[str], None]) -> None:

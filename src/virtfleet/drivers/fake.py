@@ -32,7 +32,7 @@ from virtfleet.drivers.base import (
     OpenImage,
     UsageSample,
 )
-from virtfleet.errors import Conflict, DriverError, NotFound, OperationTimeout, Unsupported
+from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound, OperationTimeout, Unsupported
 from virtfleet.model.network import NicSpec
 from virtfleet.model.vm import DiskSpec, VmSpec, VmState
 
@@ -77,6 +77,7 @@ class FakeHost:
     fail_next: dict[str, str] = field(default_factory=dict)  # operation -> error message, consumed once
     holds: dict[str, Hold] = field(default_factory=dict)  # operation -> where its next call waits, consumed once
     foreign: dict[str, ForeignDomain] = field(default_factory=dict)  # name -> a domain other tools made
+    taken_over: set[str] = field(default_factory=set)  # names of foreign domains that are virtfleet's now
 
     def add_foreign(self, name: str, uuid: str, xml: str, state: VmState = VmState.STOPPED, *,
                     persistent: bool = True) -> ForeignDomain:
@@ -191,7 +192,7 @@ class FakeDriver:
             raise Conflict(f"domain {vm_id} is already {domain.state.value}")
         self.host.next_pid += 1
         domain.spec, domain.state, domain.pid, domain.reason = spec, VmState.RUNNING, self.host.next_pid, ""
-        domain.chains = [[str(d.path), *(layer.path for layer in d.backing_chain)] for d in spec.disks]
+        domain.chains = [_chain(d) for d in spec.disks]
         if restore is not None and restore not in domain.memory_snapshots:
             raise DriverError("fake restore failed", f"no memory snapshot {restore}")
         source = f"memory snapshot {restore}" if restore else (boot.name if boot else "disk")
@@ -235,6 +236,7 @@ class FakeDriver:
         if any(d.path == disk.path for d in domain.spec.disks):
             raise Conflict(f"{disk.path} is already attached")
         domain.spec = domain.spec.model_copy(update={"disks": [*domain.spec.disks, disk]})
+        domain.chains.append(_chain(disk))
 
     async def detach_disk(self, vm_id: str, disk: DiskSpec, timeout: float) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
@@ -243,6 +245,7 @@ class FakeDriver:
         if len(remaining) == len(domain.spec.disks):
             raise NotFound("disk", disk.path or "")
         domain.spec = domain.spec.model_copy(update={"disks": remaining})
+        domain.chains[:] = [chain for chain in domain.chains if str(disk.path) not in chain]
 
     async def attach_nic(self, vm_id: str, nic: NicSpec) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
@@ -252,10 +255,12 @@ class FakeDriver:
     async def detach_nic(self, vm_id: str, nic: NicSpec, timeout: float) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
         _require_hotplug(domain, "remove NICs")
+        _require_nic(domain, nic)
         domain.spec = domain.spec.model_copy(update={"nics": [n for n in domain.spec.nics if n.mac != nic.mac]})
 
     async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
         domain = self._require_live(vm_id, VmState.RUNNING, VmState.PAUSED)
+        _require_nic(domain, nic)
         domain.links[nic.netdev_id] = up
 
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:
@@ -353,6 +358,8 @@ class FakeDriver:
         return sorted(self.host.foreign.values(), key=lambda domain: domain.name)
 
     async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
+        if name in self.host.taken_over:
+            raise Conflict(f"domain {name} is virtfleet's already")
         foreign = self.host.foreign.get(name)
         if foreign is None:
             raise NotFound("foreign domain", name)
@@ -360,6 +367,8 @@ class FakeDriver:
             raise Conflict(f"domain {name} is transient: it has no definition that outlives it; define it first")
         if vm_id in self.host.domains:
             raise Conflict(f"a domain with id {vm_id} is virtfleet's already")
+        if vm_id != foreign.uuid:
+            raise InvalidSpec("vm_id", f"domain {name} has the uuid {foreign.uuid}: take it over under that id")
         self._maybe_fail("take_over")
         live = foreign.state in (VmState.RUNNING, VmState.PAUSED)
         if live:
@@ -367,8 +376,9 @@ class FakeDriver:
         domain = self.host.domains[vm_id] = FakeDomain(spec, foreign.state, self.host.next_pid if live else None,
                                                        "taken over" if live else "")
         if live:  # what the running domain has open: its disks as they were (the adopt registered each layer)
-            domain.chains = [[str(d.path), *(layer.path for layer in d.backing_chain)] for d in spec.disks]
+            domain.chains = [_chain(d) for d in spec.disks]
         del self.host.foreign[name]
+        self.host.taken_over.add(name)
         self._on_change(vm_id)
 
     def watch(self, on_change: Callable[[str], None]) -> None:
@@ -398,6 +408,16 @@ def capabilities_from_json(text: str) -> Capabilities:
         elif not isinstance(value, bool):
             raise ValueError(f"fake driver capabilities: {name} is true or false")
     return dataclasses.replace(Capabilities(adopt=True), **changes)
+
+
+def _chain(disk: DiskSpec) -> list[str]:
+    """The images a disk has open once plugged: its own, then its backing chain."""
+    return [str(disk.path), *(layer.path for layer in disk.backing_chain)]
+
+
+def _require_nic(domain: FakeDomain, nic: NicSpec) -> None:
+    if all(n.mac != nic.mac for n in domain.spec.nics):
+        raise NotFound("NIC", str(nic.mac))
 
 
 def _require_hotplug(domain: FakeDomain, action: str) -> None:

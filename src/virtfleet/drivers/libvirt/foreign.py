@@ -18,7 +18,7 @@ import libvirt
 from virtfleet.drivers.base import ForeignDomain
 from virtfleet.drivers.libvirt import domxml
 from virtfleet.drivers.libvirt.state import map_state
-from virtfleet.errors import Conflict, DriverError, NotFound
+from virtfleet.errors import Conflict, DriverError, InvalidSpec, NotFound
 from virtfleet.model.vm import VmSpec, VmState
 
 METADATA_KEY = "virtfleet"  # the prefix libvirt gives our namespace in the XML it writes
@@ -78,6 +78,9 @@ def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec) -> None:
                        f"virsh define {name}.xml)")
     if is_ours(domain):
         raise Conflict(f"domain {name} is virtfleet's already")
+    if domxml.domain_uuid(vm_id) != domain.UUIDString():  # the driver finds its domains by that UUID
+        raise InvalidSpec("vm_id", f"domain {name} has the uuid {domain.UUIDString()}: take it over under that id, "
+                                   f"not {vm_id}")
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
     if domain.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE

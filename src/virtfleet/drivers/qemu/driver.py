@@ -47,7 +47,7 @@ from virtfleet.drivers.qemu.argv import (
     nic_netdev,
 )
 from virtfleet.drivers.qemu.firmware import UefiFirmware, find_uefi
-from virtfleet.drivers.qemu.monitor import Monitor, MonitorGone
+from virtfleet.drivers.qemu.monitor import DeviceNotFound, Monitor, MonitorGone
 from virtfleet.drivers.qemu.runtime import (
     RunPaths,
     is_our_qemu,
@@ -530,7 +530,10 @@ class QemuDriver:
 
     async def _unplug(self, monitor: Monitor, device_id: str, timeout: float, what: str) -> None:
         """device_del, then wait until the guest has let go (hot-unplug goes through the guest's ACPI handling)."""
-        await monitor.execute("device_del", {"id": device_id})
+        try:
+            await monitor.execute("device_del", {"id": device_id})
+        except DeviceNotFound:
+            raise NotFound("device", what) from None
         deadline = time.monotonic() + timeout
         while await self._device_present(monitor, device_id):
             if time.monotonic() >= deadline:
@@ -572,7 +575,10 @@ class QemuDriver:
 
     async def set_link(self, vm_id: str, nic: NicSpec, up: bool) -> None:
         _, monitor, _ = await self._require_running(vm_id)
-        await monitor.execute("set_link", {"name": f"{nic.netdev_id}-dev", "up": up})
+        try:
+            await monitor.execute("set_link", {"name": f"{nic.netdev_id}-dev", "up": up})
+        except DeviceNotFound:
+            raise NotFound("NIC", str(nic.mac)) from None
 
     # --- snapshots -----------------------------------------------------------------------------------------
     async def snapshot_disks(self, vm_id: str, overlays: list[tuple[str, str]]) -> None:

@@ -28,6 +28,10 @@ class MonitorGone(DriverError):
     """The QMP connection is closed: QEMU exited or hung up."""
 
 
+class DeviceNotFound(DriverError):
+    """QEMU has no device (or backend) by the name a command gave: QMP's error class DeviceNotFound."""
+
+
 class Monitor:
     def __init__(self, name: str, on_event: EventHandler | None = None, on_gone: Callable[[], None] | None = None
                  ) -> None:
@@ -82,7 +86,8 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
-            raise DriverError(f"QMP {command} failed", exc.error.error.desc) from exc
+            error = DeviceNotFound if exc.error.error.class_ == "DeviceNotFound" else DriverError
+            raise error(f"QMP {command} failed", exc.error.error.desc) from exc
         except (QMPError, OSError, EOFError, TimeoutError) as exc:
             raise MonitorGone(f"QMP {command}: no answer from QEMU", str(exc) or type(exc).__name__) from exc
 
