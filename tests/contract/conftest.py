@@ -45,6 +45,7 @@ class DriverEnv:
     image_dir: Path | None = None  # the built tiny image (qemu only)
     drivers: list[Driver] = field(default_factory=list)  # every instance created, closed at teardown
     unique_names: bool = False  # a hypervisor shared with others: suffix every VM name
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # this environment's, on every VM name
     foreign: list[str] = field(default_factory=list)  # foreign domains a test made, removed at teardown
     # Our own libvirt connection, open until teardown: libvirt's mock forgets its domains with its last connection.
     foreign_conn: Any = None
@@ -70,8 +71,18 @@ class DriverEnv:
             fields["accel"] = "tcg"  # KVM is not usable on the test machines
         fields.update(overrides)
         if self.unique_names:
-            fields["name"] = f"{name}-{uuid.uuid4().hex[:8]}"
+            fields["name"] = f"{name}-{self.suffix}"
         return VmSpec(**fields)
+
+    def owns(self, vm_name: str) -> bool:
+        """Whether a VM of that name was made by this environment (spec() names them)."""
+        return vm_name.endswith(f"-{self.suffix}")
+
+    def mine(self, statuses: list[DomainStatus]) -> list[DomainStatus]:
+        """The domains this environment made: on a shared hypervisor others' come and go meanwhile."""
+        if not self.unique_names:
+            return statuses
+        return [status for status in statuses if status.spec is not None and self.owns(status.spec.name)]
 
     def boot(self, spec: VmSpec) -> BootImage:
         """The boot image for `spec`, with the command line the image catalog would give it."""
@@ -210,6 +221,9 @@ async def env(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[
         live = environment.drivers[-1]
         with contextlib.suppress(Exception):
             for status in await live.list_domains():
+                if not environment.mine([status]):
+                    continue  # another user's domain on the shared hypervisor: not ours to stop
+
                 with contextlib.suppress(Exception):
                     await live.stop(status.vm_id)
                 with contextlib.suppress(Exception):  # a shared libvirtd keeps what is not undefined

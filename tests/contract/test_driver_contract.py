@@ -81,8 +81,8 @@ async def wait_down(driver: Driver, vm_id: str, timeout: float) -> DomainStatus:
 async def test_define_list_status_undefine(env: DriverEnv) -> None:
     driver = env.driver
     vm_id, unknown = new_vm_id(), new_vm_id()
-    assert await driver.recover() == []
-    assert await driver.list_domains() == []
+    assert env.mine(await driver.recover()) == []
+    assert env.mine(await driver.list_domains()) == []
 
     spec = env.spec("c-define")
     await driver.define(vm_id, spec)
@@ -96,7 +96,7 @@ async def test_define_list_status_undefine(env: DriverEnv) -> None:
     assert status.spec == spec
 
     await driver.undefine(vm_id)
-    assert [s.vm_id for s in await driver.list_domains()] == []
+    assert [s.vm_id for s in env.mine(await driver.list_domains())] == []
     with pytest.raises(NotFound):
         await driver.status(vm_id)
     with pytest.raises(NotFound):
