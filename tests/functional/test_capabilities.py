@@ -279,7 +279,8 @@ def test_the_host_shows_its_driver_and_capabilities(tmp_path: Path) -> None:
     with opened(tmp_path / "data", fake_capabilities='{"vnc": false, "machines": ["q35"]}') as api:
         host = api.client.get("/api/v1/host").json()
     assert host["driver"] == "fake"
-    assert host["capabilities"] == {**dataclasses.asdict(Capabilities()), "vnc": False, "machines": ["q35"]}
+    assert host["capabilities"] == {**dataclasses.asdict(Capabilities()), "adopt": True, "vnc": False,
+                                    "machines": ["q35"]}  # the fake adopts (the default Capabilities do not)
 
 
 @pytest.mark.parametrize(("text", "problem"), [
