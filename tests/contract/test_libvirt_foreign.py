@@ -73,7 +73,7 @@ def test_list_offers_every_domain_without_our_metadata_with_its_state_and_xml(co
 def test_take_over_marks_a_running_domain_live_and_persistently_and_it_is_no_longer_foreign(conn: Any) -> None:
     domain = define(conn, start=True)
     vm_id = domain.UUIDString()
-    foreign.take_over(conn, domain.name(), vm_id, SPEC)
+    foreign.take_over(conn, domain.name(), vm_id, SPEC, "/run/a")
     assert domain.name() not in names(conn)
     for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):  # live and next boot
         element = our_element(domain.XMLDesc(flags))
@@ -82,12 +82,12 @@ def test_take_over_marks_a_running_domain_live_and_persistently_and_it_is_no_lon
         assert VmSpec.model_validate_json(element.findtext(f"{{{domxml.NAMESPACE}}}spec") or "") == SPEC
     assert domain.isActive()  # nothing was restarted
     with pytest.raises(Conflict, match="virtfleet's already"):
-        foreign.take_over(conn, domain.name(), vm_id, SPEC)
+        foreign.take_over(conn, domain.name(), vm_id, SPEC, "/run/a")
 
 
 def test_take_over_of_a_stopped_domain_writes_the_persistent_definition(conn: Any) -> None:
     domain = define(conn)
-    foreign.take_over(conn, domain.name(), domain.UUIDString(), SPEC)
+    foreign.take_over(conn, domain.name(), domain.UUIDString(), SPEC, "/run/a")
     assert our_element(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) is not None
     assert not domain.isActive()
     assert domain.name() not in names(conn)
@@ -95,7 +95,7 @@ def test_take_over_of_a_stopped_domain_writes_the_persistent_definition(conn: An
 
 def test_a_domain_marked_only_in_its_persistent_definition_is_ours_too(conn: Any) -> None:
     domain = define(conn, start=True)
-    domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.metadata_xml("vm-2", SPEC),
+    domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.metadata_xml("vm-2", SPEC, "/run/a"),
                        foreign.METADATA_KEY, domxml.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     assert our_element(domain.XMLDesc(0)) is None
     assert domain.name() not in names(conn)
@@ -107,13 +107,13 @@ def test_a_transient_domain_is_listed_but_refused_and_left_unmarked(conn: Any) -
     listed = {d.name: d for d in foreign.list_foreign(conn)}
     assert listed[domain.name()].persistent is False
     with pytest.raises(Conflict, match=r"transient.*cannot be managed across restarts"):
-        foreign.take_over(conn, domain.name(), domain.UUIDString(), SPEC)
+        foreign.take_over(conn, domain.name(), domain.UUIDString(), SPEC, "/run/a")
     assert our_element(domain.XMLDesc(0)) is None
 
 
 def test_an_unknown_domain_is_not_found(conn: Any) -> None:
     with pytest.raises(NotFound):
-        foreign.take_over(conn, f"missing-{uuid.uuid4().hex[:8]}", "vm-4", SPEC)
+        foreign.take_over(conn, f"missing-{uuid.uuid4().hex[:8]}", "vm-4", SPEC, "/run/a")
 
 
 def test_an_id_other_than_the_domains_uuid_is_refused_and_the_domain_left_unmarked(conn: Any) -> None:
@@ -121,6 +121,6 @@ def test_an_id_other_than_the_domains_uuid_is_refused_and_the_domain_left_unmark
     would be lost to it."""
     domain = define(conn)
     with pytest.raises(InvalidSpec, match="vm_id"):
-        foreign.take_over(conn, domain.name(), str(uuid.uuid4()), SPEC)
+        foreign.take_over(conn, domain.name(), str(uuid.uuid4()), SPEC, "/run/a")
     assert our_element(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) is None
     assert domain.name() in names(conn)

@@ -95,8 +95,10 @@ def test_name_is_what_users_see_and_identity_is_in_our_metadata() -> None:
     assert meta is not None and meta.vm_id == VM_ID and meta.spec == CASES["q35-tcg"][0]
     # A foreign element, or ours without a readable spec, is not ours.
     assert read_metadata(ET.Element("{urn:other}vm")) is None
-    broken = ET.fromstring(metadata_xml(VM_ID, CASES["q35-tcg"][0]))  # noqa: S314 - our own output
-    broken[1].text = "{not json"
+    broken = ET.fromstring(metadata_xml(VM_ID, CASES["q35-tcg"][0], "/run/vf"))  # noqa: S314 - our own output
+    spec_element = broken.find(f"{{{NAMESPACE}}}spec")
+    assert spec_element is not None
+    spec_element.text = "{not json"
     assert read_metadata(broken) is None
     assert broken.tag == f"{{{NAMESPACE}}}vm"
 

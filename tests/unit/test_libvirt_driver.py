@@ -110,6 +110,15 @@ async def test_domains_of_others_are_ignored_and_ours_carry_their_spec(driver: L
             assert [(s.vm_id, s.spec) for s in await again.recover()] == [(vm_id, wanted)]
         finally:
             await again.close()
+        # Another virtfleet on the same libvirtd (another data directory) neither sees nor adopts our domains.
+        other = LibvirtDriver(DriverConfig(driver.config.run_dir.parent / "other-run", extra=MOCK))
+        try:
+            assert await other.list_domains() == []
+            assert "web" not in {domain.name for domain in await other.foreign_domains()}
+            with pytest.raises(NotFound):
+                await other.status(vm_id)
+        finally:
+            await other.close()
         with pytest.raises(Conflict, match="another domain named 'test'"):
             await driver.define(str(uuid.uuid4()), spec("test"))
         with pytest.raises(NotFound):  # the mock's own domain is not ours, even by its UUID
@@ -161,7 +170,7 @@ async def test_lifecycle_and_events_reach_watch(driver: LibvirtDriver) -> None:
 
 async def test_events_of_domains_a_driver_never_looked_at_are_resolved_and_foreign_ones_dropped(
         driver: LibvirtDriver, short_tmp: Path) -> None:
-    watcher = LibvirtDriver(DriverConfig(short_tmp / "watch", extra=MOCK))
+    watcher = LibvirtDriver(DriverConfig(driver.config.run_dir, extra=MOCK))  # the same virtfleet, restarted
     changed: asyncio.Queue[str] = asyncio.Queue()
     watcher.watch(changed.put_nowait)
     conn = libvirt.open("test:///default")

@@ -36,12 +36,18 @@ def domain_uuid(vm_id: str) -> str:
         return str(uuid.uuid5(uuid.UUID(int=0), f"virtfleet:{vm_id}"))
 
 
+def owner_of(paths: RunPaths) -> str:
+    """The virtfleet a domain belongs to: the run directory its VMs live under (one per data directory)."""
+    return str(paths.root.parent)
+
+
 @dataclass(frozen=True)
 class DomainMeta:
     """What our <metadata> element carries."""
 
     vm_id: str
     spec: VmSpec
+    owner: str = ""  # which virtfleet (its run directory) manages the domain: several may share one libvirtd
 
 
 def target_dev(bus: str, index: int) -> str:
@@ -105,9 +111,10 @@ def nic_element(nic: NicSpec) -> ET.Element:
     return element
 
 
-def _metadata(parent: ET.Element, vm_id: str, spec: VmSpec) -> None:
+def _metadata(parent: ET.Element, vm_id: str, spec: VmSpec, owner: str) -> None:
     holder = _sub(_sub(parent, "metadata"), f"{{{NAMESPACE}}}vm")
     _sub(holder, f"{{{NAMESPACE}}}id", vm_id)
+    _sub(holder, f"{{{NAMESPACE}}}owner", owner)
     _sub(holder, f"{{{NAMESPACE}}}spec", json.dumps(spec.model_dump(mode="json"), sort_keys=True))
 
 
@@ -123,15 +130,15 @@ def read_metadata(holder: ET.Element) -> DomainMeta | None:
         spec = VmSpec.model_validate_json(spec_text)
     except ValueError:
         return None
-    return DomainMeta(vm_id, spec)
+    return DomainMeta(vm_id, spec, holder.findtext(f"{{{NAMESPACE}}}owner") or "")
 
 
-def metadata_xml(vm_id: str, spec: VmSpec) -> str:
+def metadata_xml(vm_id: str, spec: VmSpec, owner: str) -> str:
     """Only our metadata element: what setMetadata() takes. Written in our namespace as the default one, never
     with a prefix: libvirt declares the prefix it is given itself, and fails ("failed to create a new XML
     namespace") when the element declares that prefix already."""
     holder = ET.Element("metadata")
-    _metadata(holder, vm_id, spec)
+    _metadata(holder, vm_id, spec, owner)
     return ET.tostring(holder[0][0], encoding="unicode", default_namespace=NAMESPACE)
 
 
@@ -183,7 +190,7 @@ def build_domain_xml(vm_id: str, spec: VmSpec, boot: BootImage | None, paths: Ru
     domain = ET.Element("domain", {"type": domain_type})
     _sub(domain, "name", spec.name)
     _sub(domain, "uuid", domain_uuid(vm_id))
-    _metadata(domain, vm_id, defined_spec or spec)
+    _metadata(domain, vm_id, defined_spec or spec, owner_of(paths))
     _sub(domain, "memory", str(spec.memory), unit="MiB")
     _sub(domain, "vcpu", str(spec.cpus))
     _os(domain, spec, boot, paths)

@@ -72,11 +72,13 @@ def _parse(xml: str) -> ET.Element:
     return ET.fromstring(xml)  # noqa: S314 - libvirt's own output, not user input
 
 
-def _meta(root: ET.Element) -> domxml.DomainMeta | None:
+def _meta(root: ET.Element, owner: str) -> domxml.DomainMeta | None:
+    """Our metadata, if the domain is this virtfleet's: another virtfleet on the same libvirtd (another data
+    directory) has domains with our element too, and they are neither ours to manage nor anyone's to adopt."""
     holder = root.find("metadata")
     for element in holder if holder is not None else []:
         if (meta := domxml.read_metadata(element)) is not None:
-            return meta
+            return meta if meta.owner == owner else None
     return None
 
 
@@ -94,6 +96,7 @@ class LibvirtDriver:
         self._pending: set[asyncio.Task[None]] = set()
         self._kvm_probe: KvmProbe | None = None
         self._on_change: Callable[[str], None] = lambda vm_id: None
+        self._owner = domxml.owner_of(self._paths("-"))
 
     # --- host ----------------------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -176,7 +179,7 @@ class LibvirtDriver:
             if _code(error) == libvirt.VIR_ERR_NO_DOMAIN:
                 raise NotFound("domain", vm_id) from None
             raise
-        meta = _meta(root)
+        meta = _meta(root, self._owner)
         if meta is None or meta.vm_id != vm_id:
             raise NotFound("domain", vm_id)
         self._vm_ids[domain.UUIDString()] = vm_id
@@ -231,7 +234,7 @@ class LibvirtDriver:
         async def resolve() -> None:
             def find(conn: libvirt.virConnect) -> str | None:
                 try:
-                    meta = _meta(_parse(conn.lookupByUUIDString(uuid).XMLDesc(0)))
+                    meta = _meta(_parse(conn.lookupByUUIDString(uuid).XMLDesc(0)), self._owner)
                 except libvirt.libvirtError:
                     return None  # gone already (undefined): nobody's to report
                 if meta is None:
@@ -262,7 +265,7 @@ class LibvirtDriver:
             for domain in conn.listAllDomains(0):
                 try:
                     root = _parse(domain.XMLDesc(0))
-                    meta = _meta(root)
+                    meta = _meta(root, self._owner)
                     if meta is None:
                         continue  # not ours: someone else's domain
                     self._vm_ids[domain.UUIDString()] = meta.vm_id
@@ -562,7 +565,7 @@ class LibvirtDriver:
         return await self._call(foreign.list_foreign)
 
     async def take_over(self, name: str, vm_id: str, spec: VmSpec) -> None:
-        await self._call(lambda conn: foreign.take_over(conn, name, vm_id, spec))
+        await self._call(lambda conn: foreign.take_over(conn, name, vm_id, spec, self._owner))
 
     # --- usage and consoles --------------------------------------------------------------------------------
     async def usage(self, vm_id: str) -> UsageSample | None:

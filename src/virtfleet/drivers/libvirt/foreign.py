@@ -63,7 +63,7 @@ def list_foreign(conn: Any) -> list[ForeignDomain]:
     return sorted(found, key=lambda domain: domain.name)
 
 
-def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec) -> None:
+def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec, owner: str) -> None:
     """Make the foreign domain `name` virtfleet's VM `vm_id`: our metadata into its persistent definition, and into
     the live one when it runs (AFFECT_CONFIG | AFFECT_LIVE: the guest is not touched)."""
     try:
@@ -85,7 +85,7 @@ def take_over(conn: Any, name: str, vm_id: str, spec: VmSpec) -> None:
     if domain.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
     try:
-        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.metadata_xml(vm_id, spec), METADATA_KEY,
+        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.metadata_xml(vm_id, spec, owner), METADATA_KEY,
                            domxml.NAMESPACE, flags)
     except libvirt.libvirtError as error:
         raise DriverError(f"cannot mark domain {name} as virtfleet's", str(error)) from None
