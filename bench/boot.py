@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Boot latency and memory benchmark: virtfleet vs. the same QEMU command line run by hand.
 
-    .venv/bin/python bench/boot.py [--rounds 5] [--vms 10] [--json-out bench/results/boot.json] [--keep]
+    .venv/bin/python bench/boot.py [--rounds 5] [--vms 10] [--driver qemu|libvirt] [--json-out bench/results/boot.json]
+                                   [--keep]
 
 1. Boot latency. A `virtfleet serve` runs as a subprocess on a free port with a throw-away data directory under /tmp
    (short, so the unix sockets in the run directory stay under 108 bytes). Both sides learn that the guest is up the
@@ -22,11 +23,25 @@
    virtfleet adds is real client cost: the API call, the job, the WebSocket handshake and the relay by serve.
    After one uncounted warm-up of each, --rounds rounds in ABBA order: virtfleet first in odd rounds, raw first in
    even ones. Each side runs in its own processes (serve + its QEMU; the raw QEMU), the bench client in this one.
+   With --driver libvirt, the same comparison on libvirt (the system libvirtd, qemu:///system):
+   - virtfleet: `virtfleet serve --driver libvirt:qemu:///system`; the VMs are q35 (libvirt boots no microvm), the
+     rest as above (its console is the libvirt serial socket in the VM's run directory, which serve relays).
+   - virsh: what a virsh user does with the same domain: the XML libvirt stored for the warm-up VM
+     (`virsh dumpxml --inactive`, taken after virtfleet started it, so with the boot image), with a fresh name and
+     uuid, virtfleet's <metadata> removed and a fresh run directory for the console socket and its log, everything
+     else (devices, seclabel, emulator) as stored; timed from spawning `virsh create FILE` until the readiness line
+     arrives on that console.sock, followed exactly as the raw QEMU's; `virsh destroy` after each round (it is
+     transient: gone with it). When `virsh create` returned is recorded too (a thread blocked in wait()).
+   Every domain is named `vfbench-<random>-...`: libvirt's names are host-wide and shared with other users of the
+   libvirtd. serve on a shared libvirtd also lists the domains other virtfleets defined (it adopts any domain with
+   virtfleet's metadata), so the benchmark only ever touches names with its own prefix, and the finally block
+   destroys and undefines every domain that has it.
 2. Memory. RSS (VmRSS) of the serve process idle, then with --vms tiny VMs (128M) running and READY, and the QEMU
    RSS per VM. All VMs are then stopped and deleted.
 
-Always TCG. Every QEMU the benchmark started is gone when it exits (the finally block kills whatever is left whose
-command line names the benchmark's data directory, by pid). The table goes to stdout, all raw samples to JSON.
+Always TCG. Every QEMU (and libvirt domain) the benchmark started is gone when it exits (the finally block kills
+whatever is left whose command line names the benchmark's data directory, by pid). The table goes to stdout, all
+raw samples to JSON.
 """
 
 from __future__ import annotations
@@ -302,53 +317,9 @@ class Bench:
         root = self.settings.data_dir / "raw" / str(index)
         root.mkdir(parents=True, mode=0o700)
         name, new_id = f"{self.prefix}virsh-{index}", str(uuid.uuid4())
-        xml_path = root / "domain.xml"
-        xml_path.write_text(self.raw_domain_xml(root, name, new_id))
-        log_path = root / "console.log"
-        stderr_path = root / "virsh.out"
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        with stderr_path.open("wb") as out:
-            proc = subprocess.Popen(libvirt_side.create_argv(xml_path), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=out)
-        self.raw_procs.append(proc)
-        try:
-            sock = attach_unix(root / "console.sock", proc, time.monotonic() + ATTACH_TIMEOUT,
-                               what="virsh create", exit_ok=True)
-        except BenchError as exc:
-            raise BenchError(f"{exc}: {stderr_path.read_text()[-500:]}") from exc
-        try:
-            t_attached = time.perf_counter() - t0
-            follower = ConsoleFollower(read_text(log_path))
-            try:
-                follow_unix(sock, follower, deadline, what="virsh's domain")
-            except (TimeoutError, OSError, BenchError) as exc:
-                raise BenchError(f"virsh's domain {name}: no {READY_MARKER} on the console within "
-                                 f"{BOOT_TIMEOUT:g}s ({exc!r}; virsh: {stderr_path.read_text()[-300:]!r}); "
-                                 f"it ends with {follower.text[-300:]!r}") from exc
-            t_ready = time.perf_counter() - t0
-        finally:
-            sock.close()
-        reap(proc, 10)  # virsh create returned long ago, once the domain ran
-        self.raw_procs.remove(proc)
-        if proc.returncode:
-            raise BenchError(f"virsh create exited {proc.returncode}: {stderr_path.read_text()[-500:]}")
-        pid = libvirt_side.qemu_pid(new_id)
-        sample: dict[str, Any] = {
-            "index": index,
-            "name": name,
-            "ready_s": t_ready,
-            "attached_s": t_attached,  # connected to console.sock
-            "marker_in_history": READY_MARKER in follower.history,
-            "qemu_pid": pid,
-            "qemu_cpu_s_at_ready": proc_cpu_s(pid) if pid else None,
-            "qemu_memory_kib_at_ready": proc_memory(pid) if pid else {},
-            "ready_line": ready_line(follower.text),
-        }
-        t1 = time.perf_counter()
-        libvirt_side.virsh("destroy", name)  # a transient domain: gone with it
-        sample["down_s"] = time.perf_counter() - t1
-        return sample
+        sample = libvirt_side.virsh_boot(self.raw_domain_xml(root, name, new_id), root, name, new_id,
+                                         self.raw_procs, BOOT_TIMEOUT)
+        return {"index": index, **sample}
 
     def boot_latency(self, progress: Callable[[str], None]) -> None:
         boot: dict[str, Any] = {"readiness": "console stream (WebSocket / console.sock)", "order": "ABBA",
@@ -392,6 +363,7 @@ class Bench:
             "virtfleet_running_s": summary([s["running_s"] for s in boot["virtfleet"]]),
             "virtfleet_attached_s": summary([s["attached_s"] for s in boot["virtfleet"]]),
             "raw_attached_s": summary([s["attached_s"] for s in boot["raw"]]),
+            "virsh_returned_s": summary([s["virsh_returned_s"] for s in boot["raw"] if s.get("virsh_returned_s")]),
             "virtfleet_serve_cpu_s": summary([s["serve_cpu_s"] for s in boot["virtfleet"]]),
             "virtfleet_qemu_cpu_s": summary(
                 [s["qemu_cpu_s_at_ready"] for s in boot["virtfleet"] if s["qemu_cpu_s_at_ready"] is not None]),
@@ -541,6 +513,7 @@ def render(results: dict[str, Any]) -> None:
             ("  virtfleet start job seen done (client)", boot["virtfleet_running_s"]),
             ("  virtfleet console WebSocket attached", boot["virtfleet_attached_s"]),
             (f"  {raw} console.sock connected", boot["raw_attached_s"]),
+            ("  virsh create returned (the domain runs)", boot.get("virsh_returned_s")),
             ("  virtfleet ACPI shutdown (job wait)", boot["virtfleet_shutdown_s"]),
             ("  CPU: serve process during a virtfleet boot", boot["virtfleet_serve_cpu_s"]),
             ("  CPU: QEMU at READY, virtfleet", boot["virtfleet_qemu_cpu_s"]),

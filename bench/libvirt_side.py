@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
-from common import BenchError, find_pids, is_qemu_system
+from console_stream import ATTACH_TIMEOUT, ConsoleFollower, attach_unix, follow_unix, read_text, ready_line
+
+from common import BenchError, find_pids, is_qemu_system, proc_cpu_s, proc_memory, reap
+from virtfleet.images.tiny import READY_MARKER
 
 URI = "qemu:///system"
 DRIVER = f"libvirt:{URI}"
@@ -28,6 +34,24 @@ def virsh(*args: str, timeout: float = 60.0) -> str:
 def create_argv(xml_path: Path) -> list[str]:
     """The command a virsh user starts a transient domain with (the timed raw side)."""
     return ["virsh", "-c", URI, "create", str(xml_path)]
+
+
+class ExitClock:
+    """When a child process exited, seen by a thread blocked in wait() (nothing polls)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.exited: float | None = None
+        self._thread = threading.Thread(target=self._wait, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self.exited = time.perf_counter()
+
+    def seconds_after(self, t0: float) -> float | None:
+        """Seconds from `t0` (a time.perf_counter()) to the exit; None if it has not exited within 10 s."""
+        self._thread.join(10)
+        return None if self.exited is None else self.exited - t0
 
 
 def domain_type(name: str) -> str:
@@ -66,6 +90,62 @@ def qemu_pid(domain_uuid: str) -> int | None:
     """The pid of the QEMU running a domain (libvirt passes it -uuid UUID); None when there is none."""
     pids = find_pids(is_qemu_system, domain_uuid)
     return pids[0] if len(pids) == 1 else None
+
+
+def virsh_boot(xml: str, root: Path, name: str, new_id: str, procs: list[subprocess.Popen[bytes]],
+               timeout: float) -> dict[str, Any]:
+    """One timed boot of a transient domain: spawn `virsh create` of `xml` (written into `root`, its run
+    directory) -> the readiness line on its console socket, followed as bench/boot.py follows the raw QEMU's.
+    `procs` holds the virsh process while it may run (the caller's cleanup kills what is left); the domain is
+    destroyed at the end (a failure leaves it for the caller's cleanup, which removes it by name)."""
+    xml_path = root / "domain.xml"
+    xml_path.write_text(xml)
+    log_path = root / "console.log"
+    stderr_path = root / "virsh.out"
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    with stderr_path.open("wb") as out:
+        proc = subprocess.Popen(create_argv(xml_path), stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    procs.append(proc)
+    returned = ExitClock(proc)
+    try:
+        sock = attach_unix(root / "console.sock", proc, time.monotonic() + ATTACH_TIMEOUT,
+                           what="virsh create", exit_ok=True)
+    except BenchError as exc:
+        raise BenchError(f"{exc}: {stderr_path.read_text()[-500:]}") from exc
+    try:
+        t_attached = time.perf_counter() - t0
+        follower = ConsoleFollower(read_text(log_path))
+        try:
+            follow_unix(sock, follower, deadline, what="virsh's domain")
+        except (TimeoutError, OSError, BenchError) as exc:
+            raise BenchError(f"virsh's domain {name}: no {READY_MARKER} on the console within {timeout:g}s "
+                             f"({exc!r}; virsh: {stderr_path.read_text()[-300:]!r}); "
+                             f"it ends with {follower.text[-300:]!r}") from exc
+        t_ready = time.perf_counter() - t0
+    finally:
+        sock.close()
+    reap(proc, 10)  # virsh create returned long ago, once the domain ran
+    procs.remove(proc)
+    virsh_returned = returned.seconds_after(t0)
+    if proc.returncode:
+        raise BenchError(f"virsh create exited {proc.returncode}: {stderr_path.read_text()[-500:]}")
+    pid = qemu_pid(new_id)
+    sample: dict[str, Any] = {
+        "name": name,
+        "ready_s": t_ready,
+        "attached_s": t_attached,  # connected to console.sock
+        "virsh_returned_s": virsh_returned,  # the domain runs: what the start job is on virtfleet's side
+        "marker_in_history": READY_MARKER in follower.history,
+        "qemu_pid": pid,
+        "qemu_cpu_s_at_ready": proc_cpu_s(pid) if pid else None,
+        "qemu_memory_kib_at_ready": proc_memory(pid) if pid else {},
+        "ready_line": ready_line(follower.text),
+    }
+    t1 = time.perf_counter()
+    virsh("destroy", name)  # a transient domain: gone with it
+    sample["down_s"] = time.perf_counter() - t1
+    return sample
 
 
 def remove_domains(prefix: str) -> tuple[list[str], list[str]]:
