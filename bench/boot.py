@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Boot latency and memory benchmark: virtfleet vs. the same QEMU command line run by hand.
 
-    .venv/bin/python bench/boot.py [--rounds 5] [--vms 10] [--json-out bench/results/boot.json] [--keep]
+    .venv/bin/python bench/boot.py [--rounds 5] [--vms 10] [--driver qemu|libvirt] [--json-out bench/results/boot.json]
+                                   [--keep]
 
 1. Boot latency. A `virtfleet serve` runs as a subprocess on a free port with a throw-away data directory under /tmp
    (short, so the unix sockets in the run directory stay under 108 bytes). Both sides learn that the guest is up the
@@ -22,11 +23,25 @@
    virtfleet adds is real client cost: the API call, the job, the WebSocket handshake and the relay by serve.
    After one uncounted warm-up of each, --rounds rounds in ABBA order: virtfleet first in odd rounds, raw first in
    even ones. Each side runs in its own processes (serve + its QEMU; the raw QEMU), the bench client in this one.
+   With --driver libvirt, the same comparison on libvirt (the system libvirtd, qemu:///system):
+   - virtfleet: `virtfleet serve --driver libvirt:qemu:///system`; the VMs are q35 (libvirt boots no microvm), the
+     rest as above (its console is the libvirt serial socket in the VM's run directory, which serve relays).
+   - virsh: what a virsh user does with the same domain: the XML libvirt stored for the warm-up VM
+     (`virsh dumpxml --inactive`, taken after virtfleet started it, so with the boot image), with a fresh name and
+     uuid, virtfleet's <metadata> removed and a fresh run directory for the console socket and its log, everything
+     else (devices, seclabel, emulator) as stored; timed from spawning `virsh create FILE` until the readiness line
+     arrives on that console.sock, followed exactly as the raw QEMU's; `virsh destroy` after each round (it is
+     transient: gone with it). When `virsh create` returned is recorded too (a thread blocked in wait()).
+   Every domain is named `vfbench-<random>-...`: libvirt's names are host-wide and shared with other users of the
+   libvirtd. serve on a shared libvirtd also lists the domains other virtfleets defined (it adopts any domain with
+   virtfleet's metadata), so the benchmark only ever touches names with its own prefix, and the finally block
+   destroys and undefines every domain that has it.
 2. Memory. RSS (VmRSS) of the serve process idle, then with --vms tiny VMs (128M) running and READY, and the QEMU
    RSS per VM. All VMs are then stopped and deleted.
 
-Always TCG. Every QEMU the benchmark started is gone when it exits (the finally block kills whatever is left whose
-command line names the benchmark's data directory, by pid). The table goes to stdout, all raw samples to JSON.
+Always TCG. Every QEMU (and libvirt domain) the benchmark started is gone when it exits (the finally block kills
+whatever is left whose command line names the benchmark's data directory, by pid). The table goes to stdout, all
+raw samples to JSON.
 """
 
 from __future__ import annotations
@@ -35,22 +50,31 @@ import argparse
 import contextlib
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import libvirt_side
+from console_stream import (
+    ATTACH_TIMEOUT,
+    ConsoleFollower,
+    attach_unix,
+    attached_ws,
+    follow_unix,
+    follow_ws,
+    read_text,
+    ready_line,
+)
 from rich.console import Console
 from rich.table import Table
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from common import (
     BenchError,
@@ -82,8 +106,6 @@ from virtfleet.client import ApiError, Client
 from virtfleet.config import Settings
 from virtfleet.images.tiny import READY_MARKER, build_tiny_image
 
-CONNECT_RETRY = 0.002  # raw side: seconds between connect() tries until QEMU listens on console.sock
-ATTACH_TIMEOUT = 15.0
 FLEET_POLL = 0.25  # the memory phase only needs "all ready", not a precise time
 BOOT_TIMEOUT = 60.0
 JOB_TIMEOUT = 60.0
@@ -92,96 +114,6 @@ console = Console(width=None if sys.stdout.isatty() else 110)
 
 
 # --- small helpers ------------------------------------------------------------------------------------------------
-
-
-class ConsoleFollower:
-    """What a console stream has delivered, and when the readiness line first arrived.
-
-    `history` is one read of the console log made right after attaching (what the guest printed before); the
-    stream holds everything from the attach on. The marker is looked for in both, and across the seam."""
-
-    def __init__(self, history: str) -> None:
-        self.history = history
-        self.stream = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self.stream += data
-
-    @property
-    def text(self) -> str:
-        return self.history + self.stream.decode(errors="replace")
-
-    def ready(self) -> bool:
-        return READY_MARKER in self.text
-
-
-def ws_console_url(base: str, name: str) -> str:
-    return f"ws://{base.split('://', 1)[1]}/api/v1/vms/{name}/console"
-
-
-@contextlib.contextmanager
-def attached_ws(base: str, name: str, token: str) -> Iterator[ClientConnection]:
-    """The console WebSocket, opened as the CLI opens it; BenchError with the server's reason if it refuses."""
-    with connect(ws_console_url(base, name), open_timeout=ATTACH_TIMEOUT, max_size=None,
-                 additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-        try:
-            first = ws.recv(timeout=ATTACH_TIMEOUT)  # {"type": "attached"}, or a close with the reason
-        except (ConnectionClosed, TimeoutError) as exc:
-            raise BenchError(f"console of {name}: not attached ({exc})") from exc
-        if not isinstance(first, str) or '"attached"' not in first:
-            raise BenchError(f"console of {name}: unexpected first frame {first!r}")
-        yield ws
-
-
-def follow_ws(ws: ClientConnection, follower: ConsoleFollower, deadline: float) -> None:
-    """Read console frames until the readiness line has arrived (text frames are control messages)."""
-    while not follower.ready():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        data = ws.recv(timeout=left)
-        if isinstance(data, bytes):
-            follower.feed(data)
-
-
-def attach_unix(path: Path, proc: subprocess.Popen[bytes], deadline: float) -> socket.socket:
-    """Connect to a QEMU's console socket once it listens (QEMU creates it while it starts)."""
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-        if proc.poll() is not None:
-            raise BenchError(f"raw QEMU exited with {proc.returncode} before its console socket was there")
-        if time.monotonic() > deadline:
-            raise BenchError(f"raw QEMU: no console socket {path} within {ATTACH_TIMEOUT:g}s")
-        time.sleep(CONNECT_RETRY)
-
-
-def follow_unix(sock: socket.socket, follower: ConsoleFollower, deadline: float) -> None:
-    """Read the console socket until the readiness line has arrived."""
-    while not follower.ready():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        sock.settimeout(left)
-        data = sock.recv(65536)
-        if not data:
-            raise BenchError("raw QEMU closed its console before the readiness line")
-        follower.feed(data)
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def ready_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if READY_MARKER in line), "")
 
 
 def machine_facts(binary: str) -> dict[str, Any]:
@@ -210,6 +142,31 @@ class Bench:
     raw_template: list[str] = field(default_factory=list)
     template_root: str = ""
     template_id: str = ""
+    libvirt: bool = False  # serve runs the libvirt driver; the raw side is `virsh create` of the same domain XML
+    prefix: str = ""  # of every VM / domain name (unique per run on libvirt, whose domain names are host-wide)
+    template_xml: str = ""  # libvirt: `virsh dumpxml --inactive` of the warm-up VM's domain
+
+    @property
+    def raw_label(self) -> str:
+        return "virsh" if self.libvirt else "raw QEMU"
+
+    def vm_json(self, name: str, memory: str) -> dict[str, Any]:
+        """A VM as the benchmark creates it: tiny image, TCG; q35 on libvirt, which boots no microvm."""
+        return {"name": self.prefix + name, "memory": memory, "accel": "tcg",
+                **({"machine": "q35"} if self.libvirt else {})}
+
+    def ours(self, vms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The VMs this run made: serve on a shared libvirtd also lists domains another virtfleet defined."""
+        return [vm for vm in vms if str(vm["name"]).startswith(self.prefix)]
+
+    def qemu_pid(self, vm_id: str) -> int:
+        """The pid of a running VM's QEMU: from runtime.json (qemu driver), or by its -uuid (libvirt)."""
+        if not self.libvirt:
+            return int(self.runtime_record(vm_id)["pid"])
+        pid = libvirt_side.qemu_pid(vm_id)
+        if pid is None:
+            raise BenchError(f"no single QEMU process runs with -uuid {vm_id}")
+        return pid
 
     # API plumbing
     def wait_ok(self, job: dict[str, Any], what: str, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
@@ -235,7 +192,8 @@ class Bench:
 
     # 1a. virtfleet boot round
     def virtfleet_boot(self, name: str, *, keep_template: bool = False) -> dict[str, Any]:
-        vm = self.client.post("/vms", json={"name": name, "memory": "256M", "accel": "tcg"})
+        vm = self.client.post("/vms", json=self.vm_json(name, "256M"))
+        name = str(vm["name"])
         vm_id = str(vm["id"])
         token = self.serve.token()
         serve_cpu0, client_cpu0 = proc_cpu_s(self.serve.pid) or 0.0, time.process_time()
@@ -260,11 +218,14 @@ class Bench:
         text = follower.text
         serve_cpu = (proc_cpu_s(self.serve.pid) or 0.0) - serve_cpu0
         client_cpu = time.process_time() - client_cpu0
-        record = self.runtime_record(vm_id)
-        pid = int(record["pid"])
+        pid = self.qemu_pid(vm_id)
         qemu_cpu = proc_cpu_s(pid)
-        if record.get("accel") != "tcg":
-            raise BenchError(f"vm {name} runs with accel {record.get('accel')!r}, expected tcg")
+        if self.libvirt:
+            accel = {"qemu": "tcg"}.get(libvirt_side.domain_type(name), "kvm")
+        else:
+            accel = str(self.runtime_record(vm_id).get("accel"))
+        if accel != "tcg":
+            raise BenchError(f"vm {name} runs with accel {accel!r}, expected tcg")
         sample: dict[str, Any] = {
             "name": name,
             "vm_id": vm_id,
@@ -282,9 +243,12 @@ class Bench:
             "ready_line": ready_line(text),
         }
         if keep_template:
-            self.raw_template = [str(arg) for arg in record["argv"]]
             self.template_root = str(self.settings.run_dir / vm_id)
             self.template_id = vm_id
+            if self.libvirt:  # what libvirt stored when serve started it (the start defines the boot image too)
+                self.template_xml = libvirt_side.virsh("dumpxml", "--inactive", name)
+            else:
+                self.raw_template = [str(arg) for arg in self.runtime_record(vm_id)["argv"]]
         sample.update(self.remove_vm(name, graceful=True))
         return sample
 
@@ -293,6 +257,9 @@ class Bench:
         return raw_argv(self.raw_template, self.template_root, self.template_id, root, new_id)
 
     def raw_boot(self, index: int | str) -> dict[str, Any]:
+        return self.virsh_boot(index) if self.libvirt else self.raw_qemu_boot(index)
+
+    def raw_qemu_boot(self, index: int | str) -> dict[str, Any]:
         if not self.raw_template:
             raise BenchError("no argv template: the virtfleet warm-up did not record one")
         root = self.settings.data_dir / "raw" / str(index)
@@ -340,16 +307,39 @@ class Bench:
             "down_s": time.perf_counter() - t1,
         }
 
+    # 1b'. libvirt: a transient domain of the same XML, as a virsh user starts one
+    def raw_domain_xml(self, root: Path, name: str, new_id: str) -> str:
+        return libvirt_side.raw_domain_xml(self.template_xml, name, new_id, self.template_root, root)
+
+    def virsh_boot(self, index: int | str) -> dict[str, Any]:
+        if not self.template_xml:
+            raise BenchError("no domain XML template: the virtfleet warm-up did not record one")
+        root = self.settings.data_dir / "raw" / str(index)
+        root.mkdir(parents=True, mode=0o700)
+        name, new_id = f"{self.prefix}virsh-{index}", str(uuid.uuid4())
+        sample = libvirt_side.virsh_boot(self.raw_domain_xml(root, name, new_id), root, name, new_id,
+                                         self.raw_procs, BOOT_TIMEOUT)
+        return {"index": index, **sample}
+
     def boot_latency(self, progress: Callable[[str], None]) -> None:
         boot: dict[str, Any] = {"readiness": "console stream (WebSocket / console.sock)", "order": "ABBA",
                                 "virtfleet": [], "raw": [], "warmup": {}}
         self.results["boot"] = boot
-        progress("warm-up: virtfleet boot (records the argv template)")
+        progress(f"warm-up: virtfleet boot (records the {'domain XML' if self.libvirt else 'argv'} template)")
         boot["warmup"]["virtfleet"] = self.virtfleet_boot("warmup", keep_template=True)
-        boot["raw_argv_template"] = self.raw_template
-        progress("warm-up: raw QEMU boot")
+        if self.libvirt:
+            boot["raw_side"] = "virsh create of the warm-up VM's domain XML (dumpxml --inactive)"
+            boot["domain_xml_template"] = self.template_xml
+        else:
+            boot["raw_argv_template"] = self.raw_template
+        progress(f"warm-up: {self.raw_label} boot")
         boot["warmup"]["raw"] = self.raw_boot("warmup")
-        boot["raw_argv_example"] = self.raw_argv(self.settings.data_dir / "raw" / "N", "<fresh-uuid>")
+        example = self.settings.data_dir / "raw" / "N"
+        if self.libvirt:
+            boot["raw_domain_xml_example"] = self.raw_domain_xml(example, f"{self.prefix}virsh-N",
+                                                                 "<fresh-uuid>")
+        else:
+            boot["raw_argv_example"] = self.raw_argv(example, "<fresh-uuid>")
         for i in range(1, self.rounds + 1):
             order = ("virtfleet", "raw") if i % 2 else ("raw", "virtfleet")  # ABBA: virtfleet first in odd rounds
             for side in order:
@@ -357,7 +347,7 @@ class Bench:
                 sample.update(round=i, first=side == order[0])
                 boot[side].append(sample)
             progress(f"round {i}/{self.rounds} ({' then '.join(order)}): virtfleet "
-                     f"{boot['virtfleet'][-1]['ready_s']:.3f}s, raw {boot['raw'][-1]['ready_s']:.3f}s")
+                     f"{boot['virtfleet'][-1]['ready_s']:.3f}s, {self.raw_label} {boot['raw'][-1]['ready_s']:.3f}s")
         vf = summary([s["ready_s"] for s in boot["virtfleet"]])
         raw_s = summary([s["ready_s"] for s in boot["raw"]])
         boot["summary"] = {
@@ -373,6 +363,7 @@ class Bench:
             "virtfleet_running_s": summary([s["running_s"] for s in boot["virtfleet"]]),
             "virtfleet_attached_s": summary([s["attached_s"] for s in boot["virtfleet"]]),
             "raw_attached_s": summary([s["attached_s"] for s in boot["raw"]]),
+            "virsh_returned_s": summary([s["virsh_returned_s"] for s in boot["raw"] if s.get("virsh_returned_s")]),
             "virtfleet_serve_cpu_s": summary([s["serve_cpu_s"] for s in boot["virtfleet"]]),
             "virtfleet_qemu_cpu_s": summary(
                 [s["qemu_cpu_s_at_ready"] for s in boot["virtfleet"] if s["qemu_cpu_s_at_ready"] is not None]),
@@ -393,15 +384,15 @@ class Bench:
         mem: dict[str, Any] = {"vms": self.vms, "vm_memory": "128M", "serve_pid": self.serve.pid}
         self.results["memory"] = mem
         mem["serve_rss_idle_cold_kib"] = idle_cold
-        if self.client.get("/vms"):
+        if self.ours(self.client.get("/vms")):
             raise BenchError("VMs left over from the boot rounds; the idle measurement would be wrong")
         time.sleep(1.5)  # let a reconcile pass run with 0 VMs
         mem["serve_rss_idle_kib"] = self.sample_rss()
         mem["serve_memory_idle_kib"] = proc_memory(self.serve.pid)
-        names = [f"fleet-{i}" for i in range(1, self.vms + 1)]
+        names = [f"{self.prefix}fleet-{i}" for i in range(1, self.vms + 1)]
         ids = {}
         for name in names:
-            ids[name] = str(self.client.post("/vms", json={"name": name, "memory": "128M", "accel": "tcg"})["id"])
+            ids[name] = str(self.client.post("/vms", json={**self.vm_json("", "128M"), "name": name})["id"])
         progress(f"starting {self.vms} VMs at once")
         t0 = time.perf_counter()
         jobs = {name: self.client.post(f"/vms/{name}/start") for name in names}
@@ -430,7 +421,7 @@ class Bench:
         mem["serve_memory_fleet_kib"] = proc_memory(self.serve.pid)
         qemu_mem: dict[str, dict[str, int]] = {}
         for name, vm_id in ids.items():
-            qemu_mem[name] = proc_memory(int(self.runtime_record(vm_id)["pid"]))
+            qemu_mem[name] = proc_memory(self.qemu_pid(vm_id))
         mem["qemu_memory_kib"] = qemu_mem
         idle = statistics.median(mem["serve_rss_idle_kib"])
         fleet = statistics.median(mem["serve_rss_fleet_kib"])
@@ -467,13 +458,22 @@ class Bench:
         report: dict[str, Any] = {"api_removed": [], "killed_qemu_pids": kill_procs(self.raw_procs), "errors": []}
         if self.serve.running:
             try:
-                for vm in self.client.get("/vms"):
+                # Ours only: on a shared libvirtd, serve also lists (adopts) other virtfleets' domains.
+                for vm in self.ours(self.client.get("/vms")):
                     with contextlib.suppress(ApiError, BenchError):
                         self.client.wait_job(self.client.delete(f"/vms/{vm['name']}", force=True), timeout=20)
                         report["api_removed"].append(vm["name"])
             except ApiError as error:
                 report["errors"].append(f"listing VMs for cleanup: {error.message}")
         self.serve.stop()
+        if self.libvirt:  # the virsh domains, and whatever the API did not remove (each named with our prefix)
+            report["libvirt_removed"], errors = libvirt_side.remove_domains(self.prefix)
+            report["errors"] += errors
+            try:
+                report["libvirt_left"] = [name for name in libvirt_side.virsh("list", "--all", "--name").split()
+                                          if name.startswith(self.prefix)]
+            except BenchError as error:
+                report["errors"].append(str(error))
         killed, report["qemu_left"] = kill_by_pid(partial(our_qemu_pids, str(self.settings.data_dir)), wait=5)
         report["killed_qemu_pids"] += killed
         return report
@@ -497,30 +497,35 @@ def render(results: dict[str, Any]) -> None:
                   f"virtfleet {facts['virtfleet_version']}, Python {facts['python']}")
     boot = results.get("boot", {}).get("summary")
     if boot:
+        libvirt = results["config"].get("driver") == "libvirt"
+        on, raw = (" on libvirt", "virsh") if libvirt else ("", "raw")
+        raw_label = ("virsh create of the same domain XML (spawn -> marker on console.sock)" if libvirt
+                     else "raw QEMU (spawn -> marker on console.sock)")
         table = Table(title=f"Boot to {READY_MARKER} (seconds, {results['config']['rounds']} rounds each, ABBA; "
                       "both followed on the console stream)")
         for column in ("", "median", "min", "max", "mean", "stdev"):
             table.add_column(column, justify="left" if not column else "right")
         rows = [
-            ("virtfleet (POST start -> marker on the WebSocket)", boot["virtfleet_ready_s"]),
-            ("raw QEMU (spawn -> marker on console.sock)", boot["raw_ready_s"]),
+            (f"virtfleet{on} (POST start -> marker on the WebSocket)", boot["virtfleet_ready_s"]),
+            (raw_label, boot["raw_ready_s"]),
             ("  virtfleet POST /start round trip", boot["virtfleet_start_post_s"]),
             ("  virtfleet start job (server side)", boot["virtfleet_start_job_s"]),
             ("  virtfleet start job seen done (client)", boot["virtfleet_running_s"]),
             ("  virtfleet console WebSocket attached", boot["virtfleet_attached_s"]),
-            ("  raw console.sock connected", boot["raw_attached_s"]),
+            (f"  {raw} console.sock connected", boot["raw_attached_s"]),
+            ("  virsh create returned (the domain runs)", boot.get("virsh_returned_s")),
             ("  virtfleet ACPI shutdown (job wait)", boot["virtfleet_shutdown_s"]),
             ("  CPU: serve process during a virtfleet boot", boot["virtfleet_serve_cpu_s"]),
             ("  CPU: QEMU at READY, virtfleet", boot["virtfleet_qemu_cpu_s"]),
-            ("  CPU: QEMU at READY, raw", boot["raw_qemu_cpu_s"]),
+            (f"  CPU: QEMU at READY, {raw}", boot["raw_qemu_cpu_s"]),
         ]
         for label, stats in rows:
             if stats:
                 table.add_row(label, *(_s(stats[key]) for key in ("median", "min", "max", "mean", "stdev")))
-        table.add_row("[bold]ratio virtfleet / raw (medians)[/bold]", f"[bold]{boot['ratio_median']:.3f}[/bold]",
+        table.add_row(f"[bold]ratio virtfleet / {raw} (medians)[/bold]", f"[bold]{boot['ratio_median']:.3f}[/bold]",
                       "", "", "", "")
         per_round = boot["ratio_per_round"]
-        table.add_row("  ratio per round (virtfleet / raw of the same round)",
+        table.add_row(f"  ratio per round (virtfleet / {raw} of the same round)",
                       *(f"{per_round[key]:.3f}" for key in ("median", "min", "max", "mean", "stdev")))
         table.add_row("overhead (difference of medians)", _s(boot["overhead_median_s"]), "", "", "", "")
         console.print(table)
@@ -553,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="counted boot rounds of each kind (default 5)")
     parser.add_argument("--vms", type=int, default=10, help="VMs for the memory phase (default 10; 0 skips it)")
+    parser.add_argument("--driver", choices=("qemu", "libvirt"), default="qemu",
+                        help=f"serve's VM driver (default qemu); libvirt: {libvirt_side.DRIVER}, q35 VMs, and the "
+                        "raw side is `virsh create` of the same domain XML")
     add_output_options(parser, "boot", "logs, run dirs")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.vms < 0:
@@ -561,15 +569,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     progress = progress_printer(console, started)
 
-    results = new_results("boot", {"rounds": args.rounds, "vms": args.vms, "order": "ABBA",
-                                   "readiness": "console stream"})
+    libvirt = args.driver == "libvirt"
+    driver = libvirt_side.DRIVER if libvirt else "qemu"
+    prefix = f"vfbench-{uuid.uuid4().hex[:8]}-" if libvirt else ""  # libvirt's domain names are host-wide
+    results = new_results("boot", {"rounds": args.rounds, "vms": args.vms, "order": "ABBA", "driver": args.driver,
+                                   "serve_driver": driver, "name_prefix": prefix, "readiness": "console stream"})
     with data_dir("vfb-", args.keep, console) as path:
-        settings = Settings.from_env(data_dir=path, driver="qemu", port=free_port())
+        settings = Settings.from_env(data_dir=path, driver=driver, port=free_port())
         results["machine"] = machine_facts(settings.qemu_binary)
         results["config"]["data_dir"] = str(path)
-        serve = Serve(path, settings.port, path / "serve.log", stop_grace=10.0)
+        serve = Serve(path, settings.port, path / "serve.log", driver=driver, stop_grace=10.0)
         client = Client(serve.url, timeout=30)
-        bench = Bench(args.rounds, args.vms, settings, serve, client, results)
+        bench = Bench(args.rounds, args.vms, settings, serve, client, results, libvirt=libvirt, prefix=prefix)
 
         def body() -> None:
             progress(f"building the tiny image into {settings.images_dir / 'tiny'}")
@@ -579,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kernel_release": image.kernel_release, "build_s": time.perf_counter() - t0,
                 "kernel_bytes": image.kernel.stat().st_size, "initrd_bytes": image.initrd.stat().st_size,
             }
-            progress(f"starting `virtfleet serve` on port {serve.port}")
+            progress(f"starting `virtfleet serve --driver {driver}` on port {serve.port}")
             results["serve_startup_s"] = serve.start(client)
             idle_cold = bench.sample_rss(3, 0.3)
             results["host_api"] = client.get("/host")
@@ -591,10 +602,13 @@ def main(argv: list[str] | None = None) -> int:
                                 json_out=args.json_out, started=started)
     render(results)
     cleanup = results["cleanup"]
-    left = cleanup["qemu_left"]
-    console.print(f"cleanup: {'no benchmark QEMU left' if not left else f'[red]QEMU still alive: {left}[/red]'}"
-                  f" (killed by pid: {cleanup['killed_qemu_pids'] or 'none'}); total {results['duration_s']:.1f}s; "
-                  f"JSON: {args.json_out}")
+    left = cleanup["qemu_left"] + cleanup.get("libvirt_left", [])
+    console.print(f"cleanup: {'no benchmark QEMU left' if not left else f'[red]still there: {left}[/red]'}"
+                  f" (killed by pid: {cleanup['killed_qemu_pids'] or 'none'}"
+                  + (f"; libvirt domains removed: {', '.join(cleanup['libvirt_removed']) or 'none'}" if libvirt else "")
+                  + f"); total {results['duration_s']:.1f}s; JSON: {args.json_out}")
+    if cleanup["errors"]:
+        console.print(f"[red]cleanup errors:[/red] {cleanup['errors']}")
     return status if not left else 1
 
 
