@@ -226,6 +226,9 @@ def test_a_virt_manager_domain_is_adopted_in_place_and_managed(server: Daemon, p
         assert qemu_pid(guest.name) == pid_before and domain_state(guest.name) == "running"
         assert NAMESPACE in dumpxml(guest.name) and NAMESPACE in dumpxml(guest.name, "--inactive")
         assert guest.name not in foreign_plans(server)
+        # Its console stays where the foreign definition put it until virtfleet starts it: no history of ours yet.
+        logs = server.call("GET", f"/vms/{guest.name}/logs")
+        assert logs.status_code == 200 and READY not in logs.text, logs.text
         # The reconcile pass sees it as ours and running (a domain it could not find would turn crashed).
         assert server.wait_state(guest.name, ("crashed", "stopped"), timeout=2)["state"] == "running"
 
