@@ -51,6 +51,7 @@ from virtfleet.v2v.planner import PlanOptions, make_plan
 INTENT = "host.adopt"
 failpoints.declare("host.adopt.after-volumes", "an adopted domain's volumes are recorded, not its VM")
 failpoints.declare("host.adopt.after-vm", "an adopted domain's VM is recorded, the domain not yet taken over")
+failpoints.declare("host.adopt.after-take-over", "the domain carries our metadata, the intent is not yet closed")
 _RECORDING_VM, _VM_RECORDED = "vm-recording", "vm-recorded"
 _ADOPTABLE_STATES = (VmState.RUNNING, VmState.PAUSED, VmState.STOPPED)
 
@@ -345,6 +346,7 @@ class AdoptService:
         except BaseException:
             await asyncio.to_thread(self._roll_back, intent)
             raise
+        failpoints.hit("host.adopt.after-take-over")
         await asyncio.to_thread(self.intents.end, intent)
         registered = [layer.volume for disk in plan.disks for layer in disk.layers if layer.new]
         return (f"adopted {plan.state.value} domain {name} as vm '{plan.vm}' (volumes registered in place: "
