@@ -59,9 +59,9 @@ class Api:
         return server
 
     @contextlib.contextmanager
-    def holding_volume(self, ref: str) -> Iterator[Job]:
-        """Another job holds the volume's lock (by the key any job on it takes: a copy, a snapshot) until the block
-        ends; the holder is yielded, and has succeeded once the block is left."""
+    def holding(self, key: str, label: str) -> Iterator[Job]:
+        """Another job holds the lock `key` until the block ends; the holder is yielded, and has succeeded once the
+        block is left."""
         release = threading.Event()
 
         async def hold(_context: JobContext) -> str:
@@ -70,13 +70,16 @@ class Api:
 
         portal = self.client.portal
         assert portal is not None
-        key = volume_key(self.server.storage.volume(ref))
-        holder = portal.call(lambda: self.server.runner.submit("test.hold", key, f"volume '{ref}'", hold))
+        holder = portal.call(lambda: self.server.runner.submit("test.hold", key, label, hold))
         try:
             yield holder
         finally:
             release.set()
         assert self.wait(holder.model_dump(mode="json"))["status"] == "succeeded"
+
+    def holding_volume(self, ref: str) -> contextlib.AbstractContextManager[Job]:
+        """Another job holds the volume's lock (by the key any job on it takes: a copy, a snapshot)."""
+        return self.holding(volume_key(self.server.storage.volume(ref)), f"volume '{ref}'")
 
     @contextlib.contextmanager
     def anonymous(self) -> Iterator[TestClient]:

@@ -3,9 +3,7 @@ size rules, no overwriting, nothing left by a refused or broken upload, and a dr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,6 @@ import pytest
 
 from tests.functional.conftest import Api, open_api
 from tests.v2v_stage import MiB, make_ova
-from virtfleet.jobs.runner import JobContext
 
 
 def uploads(api: Api) -> list[str]:
@@ -126,18 +123,7 @@ def test_an_upload_cannot_be_removed_while_an_import_reads_it(api: Api, tmp_path
     assert any(key in locks for locks in taken)  # the import locks the file it reads, however the path is spelled
     assert api.wait(job.json())["status"] == "succeeded"
 
-    release = threading.Event()
-
-    async def hold(_context: JobContext) -> str:
-        await asyncio.to_thread(release.wait, 10)
-        return "released"
-
-    portal = api.client.portal
-    assert portal is not None
-    portal.call(lambda: submit("test.hold", key, "import source", hold))
-    try:
+    with api.holding(key, "import source"):
         busy = api.client.delete("/api/v1/imports/uploads/vbox.ova")
         assert busy.status_code == 409, busy.text
         assert upload.exists()
-    finally:
-        release.set()

@@ -22,6 +22,12 @@ MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB
 
 
+_MICROVM_LACKS = {
+    "display": "a graphical console needs machine q35: microvm has no graphics card",
+    "firmware": "UEFI needs machine q35: microvm boots its kernel without firmware",
+}
+
+
 def _memory_mib(value: object) -> object:
     if isinstance(value, str | int) and not isinstance(value, bool):
         return parse_size_mib(value)
@@ -179,18 +185,12 @@ class VmFields(BaseModel, Generic[DiskT]):
                 raise ValueError("booting from a disk (image: null) needs at least one disk")
         return value
 
-    @field_validator("display")
+    @field_validator("display", "firmware")
     @classmethod
-    def _display_needs_q35(cls, value: str, info: ValidationInfo) -> str:
-        if value != "none" and info.data.get("machine") == "microvm":
-            raise ValueError("a graphical console needs machine q35: microvm has no graphics card")
-        return value
-
-    @field_validator("firmware")
-    @classmethod
-    def _firmware_needs_q35(cls, value: str, info: ValidationInfo) -> str:
-        if value != "bios" and info.data.get("machine") == "microvm":
-            raise ValueError("UEFI needs machine q35: microvm boots its kernel without firmware")
+    def _needs_q35(cls, value: str, info: ValidationInfo) -> str:
+        """What microvm does not have: a graphics card, and firmware other than its own kernel loader."""
+        if value not in ("none", "bios") and info.data.get("machine") == "microvm":
+            raise ValueError(_MICROVM_LACKS[info.field_name or ""])
         return value
 
     @field_validator("kernel_args")
