@@ -126,9 +126,10 @@ def test_a_q35_guest_on_libvirt_through_the_api(libvirtd: str, short_tmp: Path, 
         time.sleep(1.5)
         points = server.call("GET", f"/vms/{name}/metrics", params={"minutes": 5}).json()
         assert points and max(p["cpu_percent"] for p in points) > 0 and max(p["memory_bytes"] for p in points) > 0
-        asyncio.run(nic_round_trip(vm["id"], name, short_tmp / "watch"))
+        # Drivers of the same virtfleet (its run directory: a domain belongs to one virtfleet) beside the daemon's.
+        asyncio.run(nic_round_trip(vm["id"], name, server.data_dir / "run"))
 
-        elapsed, state, reason = asyncio.run(crash_seen_by_event(vm["id"], name, short_tmp / "watch"))
+        elapsed, state, reason = asyncio.run(crash_seen_by_event(vm["id"], name, server.data_dir / "run"))
         assert state is VmState.CRASHED and "died" in reason, (state, reason)
         # The watcher never polls: what it got came from libvirt's event. libvirt handles a dead QEMU in a second or
         # two (more on a loaded host); the bound is only there to fail instead of hanging.
